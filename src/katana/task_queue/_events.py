@@ -1,0 +1,30 @@
+"""Lifecycle log lines with stable event names, cheap when their level is disabled."""
+
+from __future__ import annotations
+
+import logging
+
+from .models import Task
+
+__all__ = ["log_task_event", "logger"]
+
+logger = logging.getLogger("katana.task_queue")
+
+
+def log_task_event(
+    level: int,
+    event: str,
+    task: Task,
+    message: str,
+    *args: object,
+    exc_info: BaseException | None = None,
+) -> None:
+    """Log ``message`` with ``katana_event``, ``task_id`` and ``task_name`` as record fields."""
+    if logger.isEnabledFor(level):
+        logger.log(
+            level,
+            message,
+            *args,
+            exc_info=exc_info,
+            extra={"katana_event": event, "task_id": task.id, "task_name": task.name},
+        )

@@ -1,0 +1,101 @@
+"""Checks on what ``add_task`` is given, done before anything is enqueued."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+
+from .errors import InvalidTaskError
+
+__all__ = [
+    "MAX_DELAY_SECONDS",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_PRIORITY",
+    "MIN_PRIORITY",
+    "check_delay",
+    "check_priority",
+    "detached_payload",
+    "json_safe",
+]
+
+#: Priorities fit in a signed 32-bit integer, so every backend can index them.
+MIN_PRIORITY = -(2**31)
+MAX_PRIORITY = 2**31 - 1
+#: Longer delays belong in a scheduler, not in a queue.
+MAX_DELAY_SECONDS = 30 * 24 * 3600.0
+#: The largest JSON-encoded payload a task may carry.
+MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+def check_priority(priority: object) -> int:
+    if type(priority) is not int:  # bool is an int subclass but never a priority
+        raise InvalidTaskError(
+            f"priority must be an int, got {type(priority).__name__} {priority!r}"
+        )
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise InvalidTaskError(
+            f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {priority}"
+        )
+    return priority
+
+
+def check_delay(delay_seconds: object) -> float:
+    if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, int | float):
+        raise InvalidTaskError(
+            f"delay_seconds must be a number, got {type(delay_seconds).__name__} "
+            f"{delay_seconds!r}"
+        )
+    delay = float(delay_seconds)
+    if not math.isfinite(delay) or not 0.0 <= delay <= MAX_DELAY_SECONDS:
+        raise InvalidTaskError(
+            f"delay_seconds must be finite and between 0 and {MAX_DELAY_SECONDS:.0f} "
+            f"(30 days), got {delay_seconds!r}"
+        )
+    return delay
+
+
+def detached_payload(payload: object) -> dict[str, Any]:
+    """The payload as the JSON round trip returns it: a fresh dict sharing nothing with the input.
+
+    Raises ``InvalidTaskError`` for a payload that is not a dict, does not survive the JSON
+    round trip unchanged (NaN, Infinity, tuples, datetimes, non-string keys, ...), or is larger
+    than ``MAX_PAYLOAD_BYTES`` encoded.
+    """
+    if payload is None:
+        return {}
+    if type(payload) is not dict:
+        raise InvalidTaskError(f"payload must be a dict, got {type(payload).__name__}")
+    encoded = _encode(payload, "payload")
+    if len(encoded) > MAX_PAYLOAD_BYTES:
+        raise InvalidTaskError(
+            f"payload is {len(encoded)} bytes as JSON, more than the limit of "
+            f"{MAX_PAYLOAD_BYTES} bytes"
+        )
+    decoded: dict[str, Any] = orjson.loads(encoded)
+    # orjson writes NaN/Infinity as null and tuples/datetimes as lists/strings: comparing
+    # catches every value that would come back different from what the caller sent.
+    if decoded != payload:
+        raise InvalidTaskError(
+            "payload does not round-trip through JSON unchanged; use only dict, list, str, "
+            "int, finite float, bool and None"
+        )
+    return decoded
+
+
+def json_safe(value: Any, what: str) -> Any:
+    """``value`` checked to round-trip through JSON unchanged, returned as the round trip gives it."""
+    if value is None or type(value) in (str, int, bool):
+        return value
+    decoded = orjson.loads(_encode(value, what))
+    if decoded != value:
+        raise InvalidTaskError(f"{what} does not round-trip through JSON unchanged: {value!r:.200}")
+    return decoded
+
+
+def _encode(value: Any, what: str) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise InvalidTaskError(f"{what} is not JSON-serializable: {exc}") from exc

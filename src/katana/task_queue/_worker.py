@@ -1,0 +1,129 @@
+"""One worker loop: claim a task, run its executor, record the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Callable, Mapping
+
+from ._events import log_task_event, logger
+from ._validation import json_safe
+from .broker.base import AbstractBroker
+from .errors import BrokerClosedError
+from .models import Task, TaskExecutor
+
+__all__ = ["Worker"]
+
+#: A worker hands the event loop back at least this often even when every task it runs
+#: finishes without awaiting anything, so one busy worker cannot starve the application.
+_YIELD_EVERY_SECONDS = 0.005
+#: How long a worker waits before asking the broker again after the broker failed.
+_BACKOFF_FIRST_SECONDS = 0.1
+_BACKOFF_MAX_SECONDS = 5.0
+
+
+class Worker:
+    """Runs tasks one at a time until told to stop.
+
+    The service reads ``idle`` to cancel a worker that waits for work at shutdown, and is told
+    through ``on_task_done`` whenever this worker finishes a task.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        broker: AbstractBroker,
+        executors: Mapping[str, TaskExecutor],
+        *,
+        should_stop: Callable[[], bool],
+        on_task_done: Callable[[], None],
+    ) -> None:
+        self.name = name
+        self._broker = broker
+        self._executors = executors
+        self._should_stop = should_stop
+        self._on_task_done = on_task_done
+        #: True while the worker waits in ``dequeue``: cancelling it then loses nothing.
+        self.idle = False
+        #: The task being run, if any.
+        self.current: Task | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_yield = loop.time()
+        backoff = _BACKOFF_FIRST_SECONDS
+        while not self._should_stop():
+            self.idle = True
+            try:
+                task = await self._broker.dequeue()
+            except BrokerClosedError:
+                logger.info("worker %s stops: the broker is closed", self.name,
+                            extra={"katana_event": "worker_stopped"})
+                return
+            except Exception:
+                logger.exception(
+                    "worker %s could not claim a task; retrying in %.1fs", self.name, backoff,
+                    extra={"katana_event": "broker_error"},
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_SECONDS)
+                continue
+            finally:
+                self.idle = False
+            backoff = _BACKOFF_FIRST_SECONDS
+            if task is None:
+                continue
+            self.current = task
+            try:
+                await self._execute(task)
+            finally:
+                self.current = None
+                self._on_task_done()
+            now = loop.time()
+            if now - last_yield >= _YIELD_EVERY_SECONDS:
+                await asyncio.sleep(0)
+                last_yield = loop.time()
+
+    async def _execute(self, task: Task) -> None:
+        broker = self._broker
+        executor = self._executors.get(task.name)
+        if executor is None:
+            message = f"UnknownTaskError: no executor registered for {task.name!r} in this worker"
+            await broker.mark_failed(task.id, message, claim_token=task.claim_token)
+            log_task_event(logging.ERROR, "task_failed", task, "task %s failed: %s", task.id,
+                           message)
+            return
+        log_task_event(logging.INFO, "task_started", task, "task %s (%s) started, attempt %d",
+                       task.id, task.name, task.attempts)
+        try:
+            result = json_safe(await executor(task), "the executor's return value")
+        except asyncio.CancelledError:
+            # Stopped before finishing: give the task back so another worker runs it.
+            await asyncio.shield(broker.requeue(task.id, claim_token=task.claim_token))
+            log_task_event(logging.WARNING, "task_requeued", task,
+                           "task %s was interrupted and is PENDING again", task.id)
+            raise
+        except Exception as exc:
+            await self._record_failure(task, exc)
+            return
+        if await broker.mark_complete(task.id, result, claim_token=task.claim_token):
+            log_task_event(logging.INFO, "task_completed", task, "task %s completed", task.id)
+        else:
+            log_task_event(logging.WARNING, "task_claim_lost", task,
+                           "task %s finished after its claim was lost; result discarded", task.id)
+
+    async def _record_failure(self, task: Task, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        recorded = await self._broker.mark_failed(
+            task.id,
+            error,
+            traceback="".join(traceback.format_exception(exc)),
+            claim_token=task.claim_token,
+        )
+        if recorded:
+            log_task_event(logging.ERROR, "task_failed", task, "task %s (%s) failed: %s",
+                           task.id, task.name, error, exc_info=exc)
+        else:
+            log_task_event(logging.WARNING, "task_claim_lost", task,
+                           "task %s failed after its claim was lost; failure discarded", task.id)

@@ -1,0 +1,123 @@
+"""The interface every broker implements, and the ordering contract they all share.
+
+Ordering contract (identical for every broker): among tasks that are due, the lowest priority
+number runs first; equal priorities run in due-time order, then first-in first-out. A task
+that is not yet due never blocks a due one, whatever its priority, and never starts early.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any, Self
+
+from ..models import Task, TaskStatus
+
+__all__ = ["AbstractBroker"]
+
+
+class AbstractBroker(ABC):
+    """Stores tasks and hands each due task to exactly one worker.
+
+    Every method is one atomic storage step. Brokers store and return *copies*: mutating a task
+    after ``enqueue`` or one returned by ``dequeue``/``get_task`` never changes what is stored.
+
+    State-changing methods that act on a claimed task take its ``claim_token`` (from the task
+    ``dequeue`` returned). When given, the change happens only if that claim is still the current
+    one, and the method returns ``False`` otherwise, so a worker that lost its claim (its lease
+    expired and another worker took the task) cannot overwrite the new owner's outcome.
+    """
+
+    #: Optional behaviours the broker has; the conformance suite reads this set.
+    #: ``"leases"``: claims expire unless renewed with ``extend_lease``, and expired claims are
+    #: handed out again. ``"multi_process"``: processes sharing the backend share the queue.
+    capabilities: frozenset[str] = frozenset()
+
+    async def connect(self) -> None:  # noqa: B027  # optional hook; in-process brokers need none
+        """Open connections. Idempotent; other methods connect on first use as well."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release resources. Idempotent; any later call raises ``BrokerClosedError``."""
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abstractmethod
+    async def enqueue(self, task: Task) -> None:
+        """Store ``task`` as PENDING; it becomes due at ``task.scheduled_at``."""
+
+    async def enqueue_many(self, tasks: Iterable[Task]) -> None:
+        """Store several tasks; networked brokers do it in one round trip."""
+        for task in tasks:
+            await self.enqueue(task)
+
+    @abstractmethod
+    async def dequeue(self, timeout: float | None = None) -> Task | None:
+        """Claim the next due task by the ordering contract and mark it PROCESSING.
+
+        Waits, without polling, until a task is due or ``timeout`` seconds have passed
+        (``None``: no limit; ``0``: do not wait), and returns ``None`` on timeout. The returned
+        task has ``attempts`` incremented, ``started_at`` set and a fresh ``claim_token``.
+        Cancelling a waiting ``dequeue`` loses no task.
+        """
+
+    @abstractmethod
+    async def get_task(self, task_id: str) -> Task | None:
+        """A copy of the stored task, or ``None`` for an unknown id."""
+
+    @abstractmethod
+    async def update_task_status(self, task_id: str, status: TaskStatus) -> None:
+        """Set a task's status as one step (the seed's low-level setter).
+
+        Setting PENDING makes the task dequeueable again; setting any other status takes it
+        out of the queue. Raises ``KeyError`` for an unknown id.
+        """
+
+    @abstractmethod
+    async def mark_complete(
+        self, task_id: str, result: Any = None, *, claim_token: str | None = None
+    ) -> bool:
+        """Record a success; returns ``False`` if ``claim_token`` is no longer the current claim."""
+
+    @abstractmethod
+    async def mark_failed(
+        self,
+        task_id: str,
+        error: str,
+        *,
+        traceback: str | None = None,
+        claim_token: str | None = None,
+    ) -> bool:
+        """Record a final failure; returns ``False`` if the claim was lost."""
+
+    @abstractmethod
+    async def requeue(
+        self, task_id: str, *, delay_seconds: float = 0.0, claim_token: str | None = None
+    ) -> bool:
+        """Hand a claimed task back to the queue as PENDING, due after ``delay_seconds``.
+
+        Used when a worker stops before the task finished. Returns ``False`` if the claim was
+        lost (the task already belongs to someone else).
+        """
+
+    async def extend_lease(self, task_id: str, claim_token: str) -> bool:
+        """Renew the claim on a PROCESSING task; ``False`` if it was lost.
+
+        Brokers without leases have nothing to renew and report the claim as held.
+        """
+        return True
+
+    @abstractmethod
+    async def count_by_status(self) -> dict[TaskStatus, int]:
+        """How many stored tasks are in each status (every status is a key)."""

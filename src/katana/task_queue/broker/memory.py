@@ -1,0 +1,296 @@
+"""InMemoryBroker: the embedded default, built on ``heapq``, for one process and for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from ..errors import BrokerClosedError
+from ..models import TERMINAL_STATUSES, Task, TaskStatus, utcnow
+from .base import AbstractBroker
+
+__all__ = ["InMemoryBroker"]
+
+_ReadyEntry = tuple[int, float, int, str]  # (priority, due timestamp, sequence, task id)
+_DelayedEntry = tuple[float, int, int, str]  # (due timestamp, sequence, priority, task id)
+
+
+class InMemoryBroker(AbstractBroker):
+    """A broker that keeps every task in this process.
+
+    Two heaps keep the ordering contract: due tasks wait in a ready heap ordered by
+    (priority, due time, arrival), delayed ones in a heap ordered by due time, from which they
+    move to the ready heap once due, so a delayed task never blocks a due one. A task leaves the
+    queue lazily: its heap entry stays behind and is skipped when its sequence number is no
+    longer the task's live one.
+
+    Args:
+        clock: Returns the current time as a POSIX timestamp; tests may pass a fake one.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._tasks: dict[str, Task] = {}
+        self._ready: list[_ReadyEntry] = []
+        self._delayed: list[_DelayedEntry] = []
+        # Task id -> sequence number of its live heap entry, for every PENDING task.
+        self._queued: dict[str, int] = {}
+        self._sequence = itertools.count()
+        self._claims = itertools.count(1)
+        self._status_counts: Counter[TaskStatus] = Counter()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    async def close(self) -> None:
+        self._closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise BrokerClosedError("InMemoryBroker is closed")
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def enqueue(self, task: Task) -> None:
+        self._ensure_open()
+        self._store(task)
+
+    async def enqueue_many(self, tasks: Iterable[Task]) -> None:
+        self._ensure_open()
+        for task in tasks:
+            self._store(task)
+
+    def _store(self, task: Task) -> None:
+        stored = task.copy()
+        stored.status = TaskStatus.PENDING
+        stored.claim_token = None
+        previous = self._tasks.get(stored.id)
+        if previous is not None:
+            self._status_counts[previous.status] -= 1
+        self._tasks[stored.id] = stored
+        self._status_counts[TaskStatus.PENDING] += 1
+        self._push(stored)
+
+    def _push(self, task: Task) -> None:
+        sequence = next(self._sequence)
+        due = task.scheduled_at.timestamp()
+        self._queued[task.id] = sequence
+        if due <= self._clock():
+            heapq.heappush(self._ready, (task.priority, due, sequence, task.id))
+        else:
+            heapq.heappush(self._delayed, (due, sequence, task.priority, task.id))
+        self._wake_one()
+
+    def _set_status(self, task: Task, status: TaskStatus) -> None:
+        counts = self._status_counts
+        counts[task.status] -= 1
+        counts[status] += 1
+        task.status = status
+
+    # -- claiming ------------------------------------------------------------------------
+
+    async def dequeue(self, timeout: float | None = None) -> Task | None:
+        self._ensure_open()
+        task = self._claim_due()
+        if task is not None or timeout == 0:
+            return task
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            while True:
+                wait = self._seconds_until_next_due()
+                if deadline is not None:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        return None
+                    wait = remaining if wait is None else min(wait, remaining)
+                await self._wait(loop, wait)
+                self._ensure_open()
+                task = self._claim_due()
+                if task is not None:
+                    return task
+        finally:
+            # Whoever leaves hands the watch over, so a sleeping consumer always looks after
+            # the queue's next due task.
+            if self._queued:
+                self._wake_one()
+
+    def _claim_due(self) -> Task | None:
+        now = self._clock()
+        ready = self._ready
+        queued = self._queued
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            due, sequence, priority, task_id = heapq.heappop(delayed)
+            if queued.get(task_id) == sequence:
+                heapq.heappush(ready, (priority, due, sequence, task_id))
+        while ready:
+            _, _, sequence, task_id = heapq.heappop(ready)
+            if queued.get(task_id) != sequence:
+                continue  # the task left the queue since this entry was pushed
+            del queued[task_id]
+            task = self._tasks[task_id]
+            self._set_status(task, TaskStatus.PROCESSING)
+            task.attempts += 1
+            task.started_at = utcnow()
+            task.finished_at = None
+            task.claim_token = str(next(self._claims))
+            if ready and self._waiters:
+                self._wake_one()
+            return task.copy()
+        return None
+
+    def _seconds_until_next_due(self) -> float | None:
+        if self._ready:
+            return 0.0
+        delayed = self._delayed
+        queued = self._queued
+        while delayed and queued.get(delayed[0][3]) != delayed[0][1]:
+            heapq.heappop(delayed)
+        if not delayed:
+            return None
+        return max(0.0, delayed[0][0] - self._clock())
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop, seconds: float | None) -> None:
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = None if seconds is None else loop.call_later(seconds, _wake, waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._wake_one()  # we were woken for a task we will not take: pass it on
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if not waiter.done():
+                waiter.cancel()
+            with contextlib.suppress(ValueError):  # already taken off by _wake_one
+                self._waiters.remove(waiter)
+
+    def _wake_one(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    def _claimed(self, task_id: str, claim_token: str | None) -> Task | None:
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise KeyError(task_id)
+        if claim_token is not None and (
+            task.claim_token != claim_token or task.status is not TaskStatus.PROCESSING
+        ):
+            return None
+        return task
+
+    async def mark_complete(
+        self, task_id: str, result: Any = None, *, claim_token: str | None = None
+    ) -> bool:
+        self._ensure_open()
+        task = self._claimed(task_id, claim_token)
+        if task is None:
+            return False
+        self._queued.pop(task_id, None)
+        self._set_status(task, TaskStatus.COMPLETED)
+        task.result = _detached(result)
+        task.error = task.traceback = task.claim_token = None
+        task.finished_at = utcnow()
+        return True
+
+    async def mark_failed(
+        self,
+        task_id: str,
+        error: str,
+        *,
+        traceback: str | None = None,
+        claim_token: str | None = None,
+    ) -> bool:
+        self._ensure_open()
+        task = self._claimed(task_id, claim_token)
+        if task is None:
+            return False
+        self._queued.pop(task_id, None)
+        self._set_status(task, TaskStatus.FAILED)
+        task.error = error
+        task.traceback = traceback
+        task.claim_token = None
+        task.finished_at = utcnow()
+        return True
+
+    async def requeue(
+        self, task_id: str, *, delay_seconds: float = 0.0, claim_token: str | None = None
+    ) -> bool:
+        self._ensure_open()
+        task = self._claimed(task_id, claim_token)
+        if task is None:
+            return False
+        due = datetime.fromtimestamp(self._clock(), UTC) + timedelta(seconds=delay_seconds)
+        self._make_pending(task, due)
+        return True
+
+    def _make_pending(self, task: Task, scheduled_at: datetime) -> None:
+        self._set_status(task, TaskStatus.PENDING)
+        task.scheduled_at = scheduled_at
+        task.claim_token = None
+        task.finished_at = None
+        self._push(task)
+
+    async def update_task_status(self, task_id: str, status: TaskStatus) -> None:
+        self._ensure_open()
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise KeyError(task_id)
+        if status is TaskStatus.PENDING:
+            if task.status is not TaskStatus.PENDING:
+                self._make_pending(task, task.scheduled_at)
+            return
+        self._queued.pop(task_id, None)
+        self._set_status(task, status)
+        if status is TaskStatus.PROCESSING:
+            task.started_at = utcnow()
+        else:
+            task.claim_token = None
+            if status in TERMINAL_STATUSES:
+                task.finished_at = utcnow()
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def get_task(self, task_id: str) -> Task | None:
+        self._ensure_open()
+        task = self._tasks.get(task_id)
+        return None if task is None else task.copy()
+
+    async def count_by_status(self) -> dict[TaskStatus, int]:
+        self._ensure_open()
+        counts = self._status_counts
+        return {status: counts[status] for status in TaskStatus}
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _detached(value: Any) -> Any:
+    """``value`` if it is immutable, else a JSON round-tripped copy of it."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return orjson.loads(orjson.dumps(value))

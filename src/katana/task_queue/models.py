@@ -1,0 +1,110 @@
+"""The task record and its lifecycle states."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "Task",
+    "TaskExecutor",
+    "TaskStatus",
+    "new_task_id",
+    "utcnow",
+]
+
+
+class TaskStatus(StrEnum):
+    """Where a task is in its life. Values are stored as they are, so never rename one."""
+
+    #: Waiting in the queue, due now or at ``scheduled_at``.
+    PENDING = "PENDING"
+    #: Claimed by a worker that is running it.
+    PROCESSING = "PROCESSING"
+    #: The executor returned; ``result`` holds what it returned.
+    COMPLETED = "COMPLETED"
+    #: The executor raised; ``error`` and ``traceback`` say why.
+    FAILED = "FAILED"
+    #: Cancelled before it could finish; it will not run (again).
+    CANCELLED = "CANCELLED"
+    #: Given up on by the broker, e.g. its workers kept dying while running it.
+    DEAD = "DEAD"
+
+
+#: States a task never leaves on its own.
+TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.DEAD}
+)
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def new_task_id() -> str:
+    """A random 128-bit id as 32 hex digits (``uuid4()`` costs six times as much)."""
+    return os.urandom(16).hex()
+
+
+@dataclass(slots=True, kw_only=True)
+class Task:
+    """One unit of work: which executor runs it, with what payload, when and in what order."""
+
+    name: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    id: str = field(default_factory=new_task_id)
+    created_at: datetime = field(default_factory=utcnow)
+    #: Earliest time the task may start; equals ``created_at`` unless it was delayed.
+    scheduled_at: datetime = field(default=None)  # type: ignore[assignment]  # set in __post_init__
+    status: TaskStatus = TaskStatus.PENDING
+    #: How many times a worker has started the task.
+    attempts: int = 0
+    result: Any = None
+    #: ``"ExceptionType: message"`` of the last failure.
+    error: str | None = None
+    traceback: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    #: Identifies the current claim of a PROCESSING task; brokers with leases use it to fence
+    #: out a worker that lost its claim. ``None`` while nobody holds the task.
+    claim_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.scheduled_at is None:
+            self.scheduled_at = self.created_at
+
+    def copy(self) -> Task:
+        """A copy that shares no mutable state with this task (payload and result included)."""
+        payload = self.payload
+        result = self.result
+        return Task(
+            name=self.name,
+            payload=orjson.loads(orjson.dumps(payload)) if payload else {},
+            priority=self.priority,
+            id=self.id,
+            created_at=self.created_at,
+            scheduled_at=self.scheduled_at,
+            status=self.status,
+            attempts=self.attempts,
+            result=result
+            if result is None or isinstance(result, str | int | float)
+            else orjson.loads(orjson.dumps(result)),
+            error=self.error,
+            traceback=self.traceback,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            claim_token=self.claim_token,
+        )
+
+
+#: The signature of a function that carries out a task, as in the seed.
+TaskExecutor = Callable[[Task], Coroutine[Any, Any, Any]]

@@ -1,0 +1,218 @@
+"""TaskQueueService: add tasks, run workers, shut down without losing work."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from enum import Enum
+from typing import Any
+
+from ._events import log_task_event, logger
+from ._validation import check_delay, check_priority, detached_payload
+from ._worker import Worker
+from .broker.base import AbstractBroker
+from .errors import ServiceStateError, UnknownTaskError
+from .models import Task, TaskExecutor, TaskStatus, new_task_id, utcnow
+
+__all__ = ["ServiceState", "TaskExecutor", "TaskQueueService"]
+
+#: How often ``wait_idle`` asks the broker again when no local worker reported in: tasks may
+#: be run by workers in other processes.
+_IDLE_RECHECK_SECONDS = 0.05
+
+
+class ServiceState(Enum):
+    CREATED = "created"  # no workers started yet
+    RUNNING = "running"  # workers are claiming tasks
+    STOPPING = "stopping"  # shutdown() is waiting for in-flight tasks
+    STOPPED = "stopped"  # shutdown() returned; start_workers() is refused
+
+
+class TaskQueueService:
+    """Creates tasks, and runs the workers that execute them.
+
+    Args:
+        broker: Where tasks are stored; the application owns it and closes it.
+        task_executors: Task name -> executor. An ``async def`` executor runs on the event
+            loop; a plain ``def`` runs in a thread so it cannot block the loop.
+    """
+
+    def __init__(
+        self,
+        broker: AbstractBroker,
+        task_executors: Mapping[str, Callable[[Task], Any]] | None = None,
+    ) -> None:
+        self.broker = broker
+        self._executors: dict[str, TaskExecutor] = {}
+        for name, executor in (task_executors or {}).items():
+            self.register(name, executor)
+        self._state = ServiceState.CREATED
+        self._workers: list[Worker] = []
+        self._worker_tasks: list[asyncio.Task[None]] = []
+        self._in_flight = 0
+        self._task_done = asyncio.Event()
+
+    @property
+    def state(self) -> ServiceState:
+        return self._state
+
+    @property
+    def task_names(self) -> list[str]:
+        """The registered task names, sorted."""
+        return sorted(self._executors)
+
+    def register(self, name: str, executor: Callable[[Task], Any]) -> None:
+        """Register (or replace) the executor for ``name``."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a task name must be a non-empty string, got {name!r}")
+        if not callable(executor):
+            raise TypeError(f"the executor for {name!r} is not callable: {executor!r}")
+        if inspect.iscoroutinefunction(executor):
+            self._executors[name] = executor
+        else:
+            self._executors[name] = _in_thread(executor)
+
+    # -- producing -----------------------------------------------------------------------
+
+    async def add_task(
+        self,
+        name: str,
+        payload: dict[str, Any] | None = None,
+        priority: int = 0,
+        delay_seconds: float = 0,
+    ) -> Task:
+        """Create a task and enqueue it; returns the created task (a copy of what is stored).
+
+        Raises:
+            UnknownTaskError: no executor is registered under ``name`` (a ``ValueError``).
+            InvalidTaskError: ``priority``, ``delay_seconds`` or ``payload`` is invalid (a
+                ``ValueError``); nothing was enqueued.
+        """
+        task = self._new_task(name, payload, priority, delay_seconds)
+        await self.broker.enqueue(task)
+        log_task_event(logging.INFO, "task_created", task, "task %s (%s) created, priority %d",
+                       task.id, name, task.priority)
+        return task
+
+    async def add_tasks(self, tasks: list[tuple[str, dict[str, Any] | None]]) -> list[Task]:
+        """Create and enqueue several ``(name, payload)`` tasks at default priority and delay.
+
+        Every task is validated before any is enqueued.
+        """
+        created = [self._new_task(name, payload, 0, 0) for name, payload in tasks]
+        await self.broker.enqueue_many(created)
+        for task in created:
+            log_task_event(logging.INFO, "task_created", task, "task %s (%s) created",
+                           task.id, task.name)
+        return created
+
+    def _new_task(
+        self, name: str, payload: dict[str, Any] | None, priority: int, delay_seconds: float
+    ) -> Task:
+        if name not in self._executors:
+            raise UnknownTaskError(
+                f"no executor is registered for task name {name!r}; registered: "
+                f"{', '.join(self.task_names) or '(none)'}"
+            )
+        priority = check_priority(priority)
+        delay = check_delay(delay_seconds)
+        now = utcnow()
+        return Task(
+            name=name,
+            payload=detached_payload(payload),
+            priority=priority,
+            id=new_task_id(),
+            created_at=now,
+            scheduled_at=now + timedelta(seconds=delay) if delay else now,
+        )
+
+    async def get_task(self, task_id: str) -> Task | None:
+        """The task as the broker has it now, or ``None`` for an unknown id."""
+        return await self.broker.get_task(task_id)
+
+    # -- consuming -----------------------------------------------------------------------
+
+    def start_workers(self, num_workers: int) -> list[asyncio.Task[None]]:
+        """Start ``num_workers`` worker coroutines on the running loop; returns their tasks."""
+        if type(num_workers) is not int or num_workers < 1:
+            raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
+        if self._state in (ServiceState.STOPPING, ServiceState.STOPPED):
+            raise ServiceStateError(f"cannot start workers: the service is {self._state.value}")
+        self._state = ServiceState.RUNNING
+        started = []
+        for _ in range(num_workers):
+            worker = Worker(
+                f"worker-{len(self._workers) + 1}",
+                self.broker,
+                self._executors,
+                should_stop=self._stopping,
+                on_task_done=self._on_task_done,
+            )
+            self._workers.append(worker)
+            started.append(asyncio.create_task(worker.run(), name=f"katana-{worker.name}"))
+        self._worker_tasks.extend(started)
+        logger.info("started %d workers", num_workers, extra={"katana_event": "workers_started"})
+        return started
+
+    def _stopping(self) -> bool:
+        return self._state is not ServiceState.RUNNING
+
+    def _on_task_done(self) -> None:
+        if not self._task_done.is_set():
+            self._task_done.set()
+
+    async def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the workers; idempotent.
+
+        Workers waiting for work stop at once. Running tasks get ``timeout`` seconds to finish;
+        those still running then are interrupted and handed back to the queue as PENDING, so
+        no task is dropped or left PROCESSING.
+        """
+        if self._state in (ServiceState.STOPPING, ServiceState.STOPPED):
+            await asyncio.gather(*self._worker_tasks, return_exceptions=True)
+            return
+        self._state = ServiceState.STOPPING
+        busy = sum(1 for worker in self._workers if not worker.idle)
+        logger.info("shutting down: %d workers busy, grace period %.1fs", busy, timeout,
+                    extra={"katana_event": "shutdown"})
+        for worker, worker_task in zip(self._workers, self._worker_tasks, strict=True):
+            if worker.idle:
+                worker_task.cancel()
+        running = [task for task in self._worker_tasks if not task.done()]
+        if running:
+            _, late = await asyncio.wait(running, timeout=timeout)
+            for worker_task in late:
+                worker_task.cancel()
+        await asyncio.gather(*self._worker_tasks, return_exceptions=True)
+        self._state = ServiceState.STOPPED
+        logger.info("shutdown complete", extra={"katana_event": "shutdown_complete"})
+
+    async def wait_idle(self, timeout: float | None = None) -> None:
+        """Wait until no task is PENDING or PROCESSING in the broker.
+
+        Delayed tasks count as pending, so this waits for them too. Raises ``TimeoutError``
+        after ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                self._task_done.clear()
+                counts = await self.broker.count_by_status()
+                if counts[TaskStatus.PENDING] == 0 and counts[TaskStatus.PROCESSING] == 0:
+                    return
+                try:
+                    async with asyncio.timeout(_IDLE_RECHECK_SECONDS):
+                        await self._task_done.wait()
+                except TimeoutError:
+                    pass
+
+
+def _in_thread(function: Callable[[Task], Any]) -> TaskExecutor:
+    @functools.wraps(function)
+    async def run_in_thread(task: Task) -> Any:
+        return await asyncio.to_thread(function, task)
+
+    return run_in_thread
