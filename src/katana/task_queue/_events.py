@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from .models import Task
+if TYPE_CHECKING:
+    from .models import Task
 
 __all__ = ["log_task_event", "logger"]
 

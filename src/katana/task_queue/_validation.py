@@ -44,8 +44,7 @@ def check_priority(priority: object) -> int:
 def check_delay(delay_seconds: object) -> float:
     if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, int | float):
         raise InvalidTaskError(
-            f"delay_seconds must be a number, got {type(delay_seconds).__name__} "
-            f"{delay_seconds!r}"
+            f"delay_seconds must be a number, got {type(delay_seconds).__name__} {delay_seconds!r}"
         )
     delay = float(delay_seconds)
     if not math.isfinite(delay) or not 0.0 <= delay <= MAX_DELAY_SECONDS:
@@ -85,7 +84,7 @@ def detached_payload(payload: object) -> dict[str, Any]:
 
 
 def json_safe(value: Any, what: str) -> Any:
-    """``value`` checked to round-trip through JSON unchanged, returned as the round trip gives it."""
+    """``value`` checked to survive the JSON round trip unchanged, as that round trip returns it."""
     if value is None or type(value) in (str, int, bool):
         return value
     decoded = orjson.loads(_encode(value, what))

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from ._events import log_task_event, logger
 from ._validation import json_safe
-from .broker.base import AbstractBroker
 from .errors import BrokerClosedError
-from .models import Task, TaskExecutor
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from .broker.base import AbstractBroker
+    from .models import Task, TaskExecutor
 
 __all__ = ["Worker"]
 
@@ -58,12 +62,17 @@ class Worker:
             try:
                 task = await self._broker.dequeue()
             except BrokerClosedError:
-                logger.info("worker %s stops: the broker is closed", self.name,
-                            extra={"katana_event": "worker_stopped"})
+                logger.info(
+                    "worker %s stops: the broker is closed",
+                    self.name,
+                    extra={"katana_event": "worker_stopped"},
+                )
                 return
             except Exception:
                 logger.exception(
-                    "worker %s could not claim a task; retrying in %.1fs", self.name, backoff,
+                    "worker %s could not claim a task; retrying in %.1fs",
+                    self.name,
+                    backoff,
                     extra={"katana_event": "broker_error"},
                 )
                 await asyncio.sleep(backoff)
@@ -91,18 +100,31 @@ class Worker:
         if executor is None:
             message = f"UnknownTaskError: no executor registered for {task.name!r} in this worker"
             await broker.mark_failed(task.id, message, claim_token=task.claim_token)
-            log_task_event(logging.ERROR, "task_failed", task, "task %s failed: %s", task.id,
-                           message)
+            log_task_event(
+                logging.ERROR, "task_failed", task, "task %s failed: %s", task.id, message
+            )
             return
-        log_task_event(logging.INFO, "task_started", task, "task %s (%s) started, attempt %d",
-                       task.id, task.name, task.attempts)
+        log_task_event(
+            logging.INFO,
+            "task_started",
+            task,
+            "task %s (%s) started, attempt %d",
+            task.id,
+            task.name,
+            task.attempts,
+        )
         try:
             result = json_safe(await executor(task), "the executor's return value")
         except asyncio.CancelledError:
             # Stopped before finishing: give the task back so another worker runs it.
             await asyncio.shield(broker.requeue(task.id, claim_token=task.claim_token))
-            log_task_event(logging.WARNING, "task_requeued", task,
-                           "task %s was interrupted and is PENDING again", task.id)
+            log_task_event(
+                logging.WARNING,
+                "task_requeued",
+                task,
+                "task %s was interrupted and is PENDING again",
+                task.id,
+            )
             raise
         except Exception as exc:
             await self._record_failure(task, exc)
@@ -110,8 +132,13 @@ class Worker:
         if await broker.mark_complete(task.id, result, claim_token=task.claim_token):
             log_task_event(logging.INFO, "task_completed", task, "task %s completed", task.id)
         else:
-            log_task_event(logging.WARNING, "task_claim_lost", task,
-                           "task %s finished after its claim was lost; result discarded", task.id)
+            log_task_event(
+                logging.WARNING,
+                "task_claim_lost",
+                task,
+                "task %s finished after its claim was lost; result discarded",
+                task.id,
+            )
 
     async def _record_failure(self, task: Task, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -122,8 +149,21 @@ class Worker:
             claim_token=task.claim_token,
         )
         if recorded:
-            log_task_event(logging.ERROR, "task_failed", task, "task %s (%s) failed: %s",
-                           task.id, task.name, error, exc_info=exc)
+            log_task_event(
+                logging.ERROR,
+                "task_failed",
+                task,
+                "task %s (%s) failed: %s",
+                task.id,
+                task.name,
+                error,
+                exc_info=exc,
+            )
         else:
-            log_task_event(logging.WARNING, "task_claim_lost", task,
-                           "task %s failed after its claim was lost; failure discarded", task.id)
+            log_task_event(
+                logging.WARNING,
+                "task_claim_lost",
+                task,
+                "task %s failed after its claim was lost; failure discarded",
+                task.id,
+            )

@@ -6,17 +6,20 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Mapping
 from datetime import timedelta
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._events import log_task_event, logger
 from ._validation import check_delay, check_priority, detached_payload
 from ._worker import Worker
-from .broker.base import AbstractBroker
 from .errors import ServiceStateError, UnknownTaskError
 from .models import Task, TaskExecutor, TaskStatus, new_task_id, utcnow
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from .broker.base import AbstractBroker
 
 __all__ = ["ServiceState", "TaskExecutor", "TaskQueueService"]
 
@@ -67,7 +70,7 @@ class TaskQueueService:
 
     def register(self, name: str, executor: Callable[[Task], Any]) -> None:
         """Register (or replace) the executor for ``name``."""
-        if not isinstance(name, str) or not name:
+        if not name or not isinstance(name, str):
             raise ValueError(f"a task name must be a non-empty string, got {name!r}")
         if not callable(executor):
             raise TypeError(f"the executor for {name!r} is not callable: {executor!r}")
@@ -94,8 +97,15 @@ class TaskQueueService:
         """
         task = self._new_task(name, payload, priority, delay_seconds)
         await self.broker.enqueue(task)
-        log_task_event(logging.INFO, "task_created", task, "task %s (%s) created, priority %d",
-                       task.id, name, task.priority)
+        log_task_event(
+            logging.INFO,
+            "task_created",
+            task,
+            "task %s (%s) created, priority %d",
+            task.id,
+            name,
+            task.priority,
+        )
         return task
 
     async def add_tasks(self, tasks: list[tuple[str, dict[str, Any] | None]]) -> list[Task]:
@@ -106,8 +116,9 @@ class TaskQueueService:
         created = [self._new_task(name, payload, 0, 0) for name, payload in tasks]
         await self.broker.enqueue_many(created)
         for task in created:
-            log_task_event(logging.INFO, "task_created", task, "task %s (%s) created",
-                           task.id, task.name)
+            log_task_event(
+                logging.INFO, "task_created", task, "task %s (%s) created", task.id, task.name
+            )
         return created
 
     def _new_task(
@@ -177,8 +188,12 @@ class TaskQueueService:
             return
         self._state = ServiceState.STOPPING
         busy = sum(1 for worker in self._workers if not worker.idle)
-        logger.info("shutting down: %d workers busy, grace period %.1fs", busy, timeout,
-                    extra={"katana_event": "shutdown"})
+        logger.info(
+            "shutting down: %d workers busy, grace period %.1fs",
+            busy,
+            timeout,
+            extra={"katana_event": "shutdown"},
+        )
         for worker, worker_task in zip(self._workers, self._worker_tasks, strict=True):
             if worker.idle:
                 worker_task.cancel()

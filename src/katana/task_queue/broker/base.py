@@ -8,11 +8,13 @@ that is not yet due never blocks a due one, whatever its priority, and never sta
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
-from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from ..models import Task, TaskStatus
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from types import TracebackType
+
+    from ..models import Task, TaskStatus
 
 __all__ = ["AbstractBroker"]
 

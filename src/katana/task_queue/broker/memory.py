@@ -8,15 +8,17 @@ import heapq
 import itertools
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..errors import BrokerClosedError
 from ..models import TERMINAL_STATUSES, Task, TaskStatus, utcnow
 from .base import AbstractBroker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 __all__ = ["InMemoryBroker"]
 

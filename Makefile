@@ -1,0 +1,28 @@
+# One command each, on a fresh machine with Python 3.11+: `make demo`, `make test`, `make bench`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test check bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[web,redis,cli,dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/uvicorn main:app --host 127.0.0.1 --port 8000
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/check
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/test
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_memory.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

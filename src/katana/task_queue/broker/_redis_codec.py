@@ -1,0 +1,89 @@
+"""How RedisBroker writes a task into a Redis hash and reads it back, trusting nothing it reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from ..models import Task, TaskStatus
+
+__all__ = ["MalformedRecordError", "decode_task", "encode_new_task", "epoch_ms"]
+
+_STATUSES = {status.value.encode(): status for status in TaskStatus}
+
+
+class MalformedRecordError(ValueError):
+    """A task record in Redis that is not one RedisBroker wrote."""
+
+
+def epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def encode_new_task(task: Task) -> list[Any]:
+    """The seven values ``enqueue.lua`` takes for one task."""
+    return [
+        task.id,
+        task.name,
+        orjson.dumps(task.payload),
+        task.priority,
+        repr(task.created_at.timestamp()),
+        repr(task.scheduled_at.timestamp()),
+        epoch_ms(task.scheduled_at),
+    ]
+
+
+def decode_task(fields: dict[bytes, bytes], task_id: str) -> Task:
+    """Build a Task from its hash fields; raises ``MalformedRecordError`` saying what is wrong."""
+    try:
+        name = fields[b"name"].decode()
+        payload = orjson.loads(fields[b"payload"])
+        priority = int(fields[b"priority"])
+        created_at = _instant(fields[b"created_at"])
+        scheduled_at = _instant(fields[b"scheduled_at"])
+        status = _STATUSES[fields[b"status"]]
+        attempts = int(fields.get(b"attempts", b"0"))
+        raw_result = fields.get(b"result")
+        result = None if raw_result is None else orjson.loads(raw_result)
+        error = _text(fields.get(b"error"))
+        traceback = _text(fields.get(b"traceback"))
+        started_at = _optional_instant(fields.get(b"started_at"))
+        finished_at = _optional_instant(fields.get(b"finished_at"))
+        claim_token = _text(fields.get(b"claim_token"))
+    except KeyError as exc:
+        raise MalformedRecordError(f"missing or invalid field {exc}") from exc
+    except (ValueError, TypeError, OverflowError) as exc:  # orjson errors are ValueErrors
+        raise MalformedRecordError(f"{type(exc).__name__}: {exc}") from exc
+    if type(payload) is not dict:
+        raise MalformedRecordError(f"payload is a JSON {type(payload).__name__}, not an object")
+    task = Task(
+        name=name,
+        payload=payload,
+        priority=priority,
+        id=task_id,
+        created_at=created_at,
+        scheduled_at=scheduled_at,
+        status=status,
+        attempts=attempts,
+        result=result,
+        error=error,
+        traceback=traceback,
+        started_at=started_at,
+        finished_at=finished_at,
+        claim_token=claim_token,
+    )
+    return task
+
+
+def _instant(raw: bytes) -> datetime:
+    return datetime.fromtimestamp(float(raw), UTC)
+
+
+def _optional_instant(raw: bytes | None) -> datetime | None:
+    return None if raw is None else _instant(raw)
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode()

@@ -1,0 +1,566 @@
+"""RedisBroker: one queue shared by any number of processes and hosts, at-least-once delivery.
+
+Needs the ``redis`` extra (``pip install 'katana-task-queue[redis]'``).
+
+Layout, all under one ``{hash tag}`` so a Redis Cluster keeps a queue on one slot:
+
+- ``katana:{queue}:task:<id>`` hash: the task's fields; payload and result are JSON (orjson).
+- ``...:ready`` sorted set of due tasks: score = priority, member = ``<due ms>:<seq>:<id>``
+  zero-padded, so equal priorities sort by due time and then arrival.
+- ``...:delayed`` sorted set of not-yet-due task ids by due time (ms).
+- ``...:processing`` sorted set of claimed task ids by lease deadline (ms).
+- ``...:counts`` hash of terminal-status counters; ``...:quarantine`` list of rejected entries.
+
+Every state change is one Lua script (``redis_lua/*.lua``). A claim carries a lease that this
+process's heartbeat renews while the task runs; the same heartbeat hands expired leases of
+any process back to the queue, and gives up on a task (DEAD) after ``max_deliveries``.
+Timestamps come from the clients' clocks, which must agree (NTP) across hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import deque
+from importlib import resources
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+try:
+    import redis.asyncio as aioredis
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError, ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("RedisBroker needs redis-py: pip install 'katana-task-queue[redis]'") from exc
+
+from ..errors import BrokerClosedError, BrokerError, BrokerUnavailableError
+from ..models import Task, TaskStatus, new_task_id
+from ._redis_codec import MalformedRecordError, decode_task, encode_new_task
+from .base import AbstractBroker
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterable
+
+    from redis.asyncio.client import PubSub
+
+__all__ = ["RedisBroker", "masked_url"]
+
+logger = logging.getLogger(__name__)
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+#: Idle consumers look at the queue at least this often, in case a wake-up was missed while
+#: the notification connection was down.
+_SAFETY_POLL_SECONDS = 1.0
+_BACKOFF_FIRST_SECONDS = 0.05
+_BACKOFF_MAX_SECONDS = 2.0
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit for logs and banners."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _load_scripts() -> dict[str, str]:
+    folder = resources.files(__package__).joinpath("redis_lua")
+    prelude = folder.joinpath("_prelude.lua").read_text()
+    names = ("enqueue", "claim", "finish", "set_status", "heartbeat", "quarantine")
+    return {name: prelude + folder.joinpath(f"{name}.lua").read_text() for name in names}
+
+
+_SCRIPTS = _load_scripts()
+
+
+class RedisBroker(AbstractBroker):
+    """A broker on Redis, for many worker processes on many hosts.
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]``, or ``rediss://`` for TLS.
+        queue: Name of the queue; brokers with the same URL and queue share it.
+        lease_seconds: How long a claim lasts without a heartbeat before the task is handed
+            to another worker.
+        heartbeat_seconds: How often leases are renewed and expired ones recovered
+            (default: a third of the lease).
+        max_deliveries: After this many deliveries whose lease expired, the task is DEAD.
+        claim_batch: The most tasks one claim round trip takes.
+        clock: Returns the current POSIX time; every process must agree on it.
+    """
+
+    capabilities = frozenset({"leases", "multi_process"})
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        queue: str = "default",
+        lease_seconds: float = 30.0,
+        heartbeat_seconds: float | None = None,
+        max_deliveries: int = 3,
+        claim_batch: int = 100,
+        key_prefix: str = "katana",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not _QUEUE_NAME.match(queue):
+            raise ValueError(f"queue name must match {_QUEUE_NAME.pattern}, got {queue!r}")
+        if not lease_seconds > 0:
+            raise ValueError(f"lease_seconds must be positive, got {lease_seconds!r}")
+        if max_deliveries < 1:
+            raise ValueError(f"max_deliveries must be at least 1, got {max_deliveries!r}")
+        self.url = url
+        self.queue = queue
+        self.lease_seconds = float(lease_seconds)
+        self.heartbeat_seconds = (
+            heartbeat_seconds if heartbeat_seconds is not None else self.lease_seconds / 3
+        )
+        self.max_deliveries = max_deliveries
+        self._claim_batch = claim_batch
+        self._clock = clock
+        self.prefix = f"{key_prefix}:{{{queue}}}"
+        self._ready_key = f"{self.prefix}:ready"
+        self._client = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=5,
+            socket_timeout=10,
+            health_check_interval=15,
+            # Scripts are not idempotent: a blind resend after a lost reply could claim twice.
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._scripts = {name: self._client.register_script(s) for name, s in _SCRIPTS.items()}
+        self._closed = False
+        self._checked_server = False
+        # Consumer side: waiting dequeue calls, tasks claimed for none of them yet, and the
+        # claims this process holds (id -> claim token) which the heartbeat renews.
+        self._waiters: deque[asyncio.Future[Task]] = deque()
+        self._buffer: deque[Task] = deque()
+        self._held: dict[str, str] = {}
+        self._demand = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+        # Outcomes waiting to be written in one round trip.
+        self._outcomes: list[tuple[list[Any], asyncio.Future[int]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"RedisBroker({masked_url(self.url)!r}, queue={self.queue!r})"
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise BrokerClosedError(f"{self!r} is closed")
+
+    async def _run(self, script: str, args: list[Any]) -> Any:
+        self._ensure_open()
+        try:
+            return await self._scripts[script](keys=[self._ready_key], args=[self.prefix, *args])
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise BrokerUnavailableError(
+                f"Redis at {masked_url(self.url)} is unreachable: {exc}"
+            ) from exc
+        except RedisError as exc:
+            raise BrokerError(f"Redis refused {script}: {exc}") from exc
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def connect(self) -> None:
+        self._ensure_open()
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailableError(
+                f"Redis at {masked_url(self.url)} is unreachable: {exc}"
+            ) from exc
+        await self._check_server()
+
+    async def _check_server(self) -> None:
+        """Warn once about server settings under which acknowledged tasks can be lost."""
+        if self._checked_server:
+            return
+        self._checked_server = True
+        try:
+            config: dict[Any, Any] = dict(await self._client.config_get("appendonly"))
+            config.update(await self._client.config_get("maxmemory-policy"))
+        except ResponseError:
+            logger.debug("CONFIG GET is not allowed; cannot check Redis persistence settings")
+            return
+        if _text(config.get(b"appendonly", config.get("appendonly"))) == "no":
+            logger.warning(
+                "Redis at %s runs without AOF (appendonly no): tasks acknowledged after the "
+                "last snapshot are lost if Redis restarts",
+                masked_url(self.url),
+                extra={"katana_event": "redis_not_durable"},
+            )
+        policy = _text(config.get(b"maxmemory-policy", config.get("maxmemory-policy")))
+        if policy.startswith("allkeys"):
+            logger.warning(
+                "Redis at %s evicts keys under memory pressure (maxmemory-policy %s): tasks "
+                "can be lost; use noeviction",
+                masked_url(self.url),
+                policy,
+                extra={"katana_event": "redis_evicts"},
+            )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        for loop_task in self._background:
+            loop_task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(BrokerClosedError(f"{self!r} closed while waiting"))
+        # Tasks claimed but never handed to a worker go back to the queue now, not at lease
+        # expiry; then whatever outcomes are still queued get written.
+        while self._buffer:
+            task = self._buffer.popleft()
+            self._outcomes.append(
+                (["requeue", task.id, task.claim_token or "", 0, ""], _done_future())
+            )
+        with contextlib.suppress(BrokerError):
+            await self._flush_outcomes()
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        self._closed = True
+        await self._client.aclose()
+
+    # -- producing -----------------------------------------------------------------------
+
+    async def enqueue(self, task: Task) -> None:
+        await self._run("enqueue", [self._now_ms(), *encode_new_task(task)])
+
+    async def enqueue_many(self, tasks: Iterable[Task]) -> None:
+        args: list[Any] = []
+        for task in tasks:
+            args.extend(encode_new_task(task))
+            if len(args) >= 7 * 1000:  # keep each script call short: it blocks Redis
+                await self._run("enqueue", [self._now_ms(), *args])
+                args = []
+        if args:
+            await self._run("enqueue", [self._now_ms(), *args])
+
+    # -- consuming -----------------------------------------------------------------------
+
+    async def dequeue(self, timeout: float | None = None) -> Task | None:
+        self._ensure_open()
+        if self._buffer:
+            return self._buffer.popleft()
+        if timeout == 0:
+            _, tasks = await self._claim(1)
+            return tasks[0] if tasks else None
+        self._start_consuming()
+        waiter: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._demand.set()
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                self._buffer.appendleft(waiter.result())
+            return None
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._buffer.appendleft(waiter.result())  # claimed for us: keep it for the next
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def _start_consuming(self) -> None:
+        if self._background:
+            return
+        self._background = [
+            asyncio.create_task(self._fetch_loop(), name="katana-redis-fetch"),
+            asyncio.create_task(self._heartbeat_loop(), name="katana-redis-heartbeat"),
+            asyncio.create_task(self._listen_loop(), name="katana-redis-wake"),
+        ]
+
+    async def _claim(self, count: int) -> tuple[float | None, list[Task]]:
+        reply = await self._run(
+            "claim", [self._now_ms(), count, int(self.lease_seconds * 1000), new_task_id()]
+        )
+        next_due = float(reply[0]) / 1000 if reply[0] else None
+        tasks = []
+        for record in reply[1:]:
+            task = await self._decode_claimed(record)
+            if task is not None:
+                self._held[task.id] = task.claim_token or ""
+                tasks.append(task)
+        return next_due, tasks
+
+    async def _decode_claimed(self, record: list[bytes]) -> Task | None:
+        fields = dict(zip(record[::2], record[1::2], strict=True))
+        task_id = fields[b"id"].decode(errors="replace")
+        try:
+            return decode_task(fields, task_id)
+        except MalformedRecordError as exc:
+            logger.error(
+                "task record %s is malformed and was quarantined: %s",
+                task_id,
+                exc,
+                extra={"katana_event": "task_quarantined", "task_id": task_id},
+            )
+            await self._run("quarantine", [self._now_ms(), task_id, f"malformed record: {exc}"])
+            return None
+
+    def _deliver(self, task: Task) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(task)
+                return
+        self._buffer.append(task)
+
+    async def _fetch_loop(self) -> None:
+        backoff = _BACKOFF_FIRST_SECONDS
+        while True:
+            await self._demand.wait()
+            wanted = sum(1 for waiter in self._waiters if not waiter.done()) - len(self._buffer)
+            if wanted <= 0:
+                self._demand.clear()
+                if self._buffer:
+                    for task in list(self._buffer):
+                        if not any(not w.done() for w in self._waiters):
+                            break
+                        self._buffer.remove(task)
+                        self._deliver(task)
+                continue
+            self._wake.clear()
+            try:
+                next_due, tasks = await self._claim(min(wanted, self._claim_batch))
+            except BrokerError as exc:
+                logger.warning(
+                    "cannot claim tasks (%s); retrying in %.2fs",
+                    exc,
+                    backoff,
+                    extra={"katana_event": "broker_error"},
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_SECONDS)
+                continue
+            backoff = _BACKOFF_FIRST_SECONDS
+            for task in tasks:
+                self._deliver(task)
+            if tasks:
+                continue
+            wait = _SAFETY_POLL_SECONDS
+            if next_due is not None:
+                wait = min(wait, max(0.0, next_due - self._clock()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+
+    async def _listen_loop(self) -> None:
+        """Turn the queue's wake-up notifications into ``_wake`` events."""
+        channel = f"{self.prefix}:wake"
+        backoff = _BACKOFF_FIRST_SECONDS
+        while True:
+            pubsub: PubSub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                self._wake.set()  # anything published while we were away is now missed
+                backoff = _BACKOFF_FIRST_SECONDS
+                while True:
+                    message = await pubsub.get_message(timeout=_SAFETY_POLL_SECONDS)
+                    if message is not None:
+                        self._wake.set()
+            except (RedisError, OSError) as exc:
+                logger.debug("wake-up channel lost (%s); resubscribing", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_SECONDS)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py lacks the hint
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_seconds)
+            try:
+                await self.heartbeat()
+            except BrokerError as exc:
+                logger.warning(
+                    "heartbeat failed (%s); leases of this process may expire",
+                    exc,
+                    extra={"katana_event": "broker_error"},
+                )
+
+    async def heartbeat(self) -> None:
+        """Renew this process's leases and recover expired ones of any process, in one step.
+
+        Runs by itself every ``heartbeat_seconds`` once this broker consumes.
+        """
+        held = list(self._held.items())
+        args: list[Any] = [self._now_ms(), int(self.lease_seconds * 1000), self.max_deliveries]
+        for task_id, token in held:
+            args += [task_id, token]
+        reply = await self._run("heartbeat", args)
+        split = reply.index(b"|")
+        for raw_id in reply[:split]:
+            task_id = raw_id.decode()
+            if self._held.get(task_id) == dict(held).get(task_id):
+                self._held.pop(task_id, None)
+            logger.warning(
+                "lost the claim on task %s: its lease expired and it belongs to another worker now",
+                task_id,
+                extra={"katana_event": "lease_lost", "task_id": task_id},
+            )
+        requeued = int(reply[split + 1])
+        if requeued:
+            logger.warning(
+                "%d tasks whose worker stopped renewing its lease are PENDING again",
+                requeued,
+                extra={"katana_event": "leases_recovered"},
+            )
+        for raw_id in reply[split + 2 :]:
+            logger.error(
+                "task %s is DEAD: delivered %d times and each time its worker was lost",
+                raw_id.decode(),
+                self.max_deliveries,
+                extra={"katana_event": "task_dead", "task_id": raw_id.decode()},
+            )
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    async def _record(self, op: str, task_id: str, claim_token: str | None, a: Any, b: Any) -> bool:
+        self._ensure_open()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._outcomes.append(([op, task_id, claim_token or "", a, b], future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_outcomes())
+        code = await future
+        if claim_token is None or self._held.get(task_id) == claim_token:
+            self._held.pop(task_id, None)
+        if code < 0:
+            raise KeyError(task_id)
+        return code == 1
+
+    async def _flush_outcomes(self) -> None:
+        """Write every queued outcome, those that arrive meanwhile in the next round trip."""
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes[:500], self._outcomes[500:]
+            args: list[Any] = [self._now_ms()]
+            for values, _ in batch:
+                args.extend(values)
+            try:
+                codes = await self._run("finish", args)
+            except BrokerError as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), code in zip(batch, codes, strict=True):
+                if not future.done():
+                    future.set_result(int(code))
+
+    async def mark_complete(
+        self, task_id: str, result: Any = None, *, claim_token: str | None = None
+    ) -> bool:
+        encoded = b"" if result is None else orjson.dumps(result)
+        return await self._record("complete", task_id, claim_token, encoded, "")
+
+    async def mark_failed(
+        self,
+        task_id: str,
+        error: str,
+        *,
+        traceback: str | None = None,
+        claim_token: str | None = None,
+    ) -> bool:
+        return await self._record("fail", task_id, claim_token, error, traceback or "")
+
+    async def requeue(
+        self, task_id: str, *, delay_seconds: float = 0.0, claim_token: str | None = None
+    ) -> bool:
+        return await self._record("requeue", task_id, claim_token, int(delay_seconds * 1000), "")
+
+    async def update_task_status(self, task_id: str, status: TaskStatus) -> None:
+        code = await self._run("set_status", [self._now_ms(), task_id, TaskStatus(status).value])
+        if code < 0:
+            raise KeyError(task_id)
+        if status is not TaskStatus.PROCESSING:
+            self._held.pop(task_id, None)
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def get_task(self, task_id: str) -> Task | None:
+        self._ensure_open()
+        try:
+            fields = await self._client.hgetall(f"{self.prefix}:task:{task_id}")
+        except ResponseError:  # WRONGTYPE: garbage under the task's key
+            logger.warning("task key %s does not hold a task record", task_id)
+            return None
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailableError(
+                f"Redis at {masked_url(self.url)} is unreachable: {exc}"
+            ) from exc
+        if not fields:
+            return None
+        try:
+            return decode_task(cast("dict[bytes, bytes]", fields), task_id)
+        except MalformedRecordError as exc:
+            logger.warning("task record %s is malformed: %s", task_id, exc)
+            return None
+
+    async def count_by_status(self) -> dict[TaskStatus, int]:
+        self._ensure_open()
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.zcard(self._ready_key)
+                pipe.zcard(f"{self.prefix}:delayed")
+                pipe.zcard(f"{self.prefix}:processing")
+                pipe.hgetall(f"{self.prefix}:counts")
+                ready, delayed, processing, terminal = await pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise BrokerUnavailableError(
+                f"Redis at {masked_url(self.url)} is unreachable: {exc}"
+            ) from exc
+        counts = dict.fromkeys(TaskStatus, 0)
+        counts[TaskStatus.PENDING] = int(ready) + int(delayed)
+        counts[TaskStatus.PROCESSING] = int(processing)
+        for raw_status, raw_count in terminal.items():
+            with contextlib.suppress(KeyError, ValueError):
+                counts[TaskStatus(raw_status.decode())] = int(raw_count)
+        return counts
+
+    async def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest entries moved to quarantine, each with the entry, reason and time."""
+        self._ensure_open()
+        raw = await self._client.lrange(f"{self.prefix}:quarantine", 0, limit - 1)
+        return [orjson.loads(item) for item in raw]
+
+    async def purge(self) -> None:
+        """Delete every key of this queue (tests and benchmarks start from nothing)."""
+        self._ensure_open()
+        async for key in self._scan(f"{self.prefix}:*"):
+            await self._client.delete(key)
+
+    async def _scan(self, pattern: str) -> AsyncIterator[bytes]:
+        async for key in self._client.scan_iter(match=pattern, count=1000):
+            yield key
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return "" if value is None else str(value)
+
+
+def _done_future() -> asyncio.Future[int]:
+    return asyncio.get_running_loop().create_future()

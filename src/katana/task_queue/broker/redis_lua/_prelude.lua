@@ -1,0 +1,94 @@
+-- Shared by every Katana script; RedisBroker prepends this file to each script before
+-- register_script. ARGV[1] is the queue's key prefix ("katana:{queue}"): every key a script
+-- touches starts with it, so they all hash to one Redis Cluster slot. KEYS[1] is the ready key
+-- (the same prefix) so a cluster client routes the call to that slot.
+local prefix = ARGV[1]
+local ready_key = prefix .. ':ready'
+local delayed_key = prefix .. ':delayed'
+local processing_key = prefix .. ':processing'
+local counts_key = prefix .. ':counts'
+local quarantine_key = prefix .. ':quarantine'
+local wake_channel = prefix .. ':wake'
+local QUARANTINE_KEEP = 10000
+
+local function task_key(id)
+  return prefix .. ':task:' .. id
+end
+
+-- A ready member sorts by due time, then by arrival among tasks of equal score (priority):
+-- members of equal score are ordered byte by byte, so both numbers are zero-padded.
+local function ready_member(due_ms, seq, id)
+  return string.format('%015d:%016d:%s', due_ms, seq, id)
+end
+local MEMBER_HEAD = 33 -- length of '<due>:<seq>:'
+
+local function quarantine(entry, reason, now_ms)
+  redis.call('LPUSH', quarantine_key,
+    cjson.encode({entry = entry, reason = reason, at_ms = now_ms}))
+  redis.call('LTRIM', quarantine_key, 0, QUARANTINE_KEEP - 1)
+end
+
+-- Garbage written over one of the queue's own keys must not wedge every worker: move the key
+-- aside (recorded in the quarantine list) so the queue starts over with an empty structure.
+local function ensure_type(key, wanted, now_ms)
+  local kind = redis.call('TYPE', key).ok
+  if kind ~= wanted and kind ~= 'none' then
+    local aside = key .. ':quarantined:' .. now_ms
+    redis.call('RENAME', key, aside)
+    quarantine(key, 'key had Redis type ' .. kind .. ', expected ' .. wanted ..
+      '; moved to ' .. aside, now_ms)
+  end
+end
+
+-- The task's record, or nil (and the entry quarantined) when it is missing or not a hash.
+local function task_record(id, entry, now_ms)
+  local key = task_key(id)
+  local kind = redis.call('TYPE', key).ok
+  if kind == 'hash' then
+    return key
+  end
+  if kind == 'none' then
+    quarantine(entry, 'queue entry for task ' .. id .. ' has no task record', now_ms)
+  else
+    local aside = key .. ':quarantined'
+    redis.call('RENAME', key, aside)
+    quarantine(entry, 'task record had Redis type ' .. kind .. '; moved to ' .. aside, now_ms)
+  end
+  return nil
+end
+
+-- Put a PENDING task where dequeue finds it: the ready set when due, else the delayed set.
+local function place(key, id, priority, due_ms, now_ms)
+  if due_ms <= now_ms then
+    local seq = redis.call('INCR', prefix .. ':seq')
+    local member = ready_member(due_ms, seq, id)
+    redis.call('HSET', key, 'member', member)
+    redis.call('ZADD', ready_key, priority, member)
+  else
+    redis.call('HDEL', key, 'member')
+    redis.call('ZADD', delayed_key, due_ms, id)
+  end
+end
+
+-- Take a task out of whichever queue structure holds it.
+local function unplace(key, id)
+  local member = redis.call('HGET', key, 'member')
+  if member then
+    redis.call('ZREM', ready_key, member)
+    redis.call('HDEL', key, 'member')
+  end
+  redis.call('ZREM', delayed_key, id)
+  redis.call('ZREM', processing_key, id)
+end
+
+local TERMINAL = {COMPLETED = true, FAILED = true, CANCELLED = true, DEAD = true}
+
+-- Keep the per-status counters of terminal states in step with a status change.
+local function count_transition(old_status, new_status)
+  if old_status and TERMINAL[old_status] then
+    redis.call('HINCRBY', counts_key, old_status, -1)
+  end
+  if TERMINAL[new_status] then
+    redis.call('HINCRBY', counts_key, new_status, 1)
+  end
+end

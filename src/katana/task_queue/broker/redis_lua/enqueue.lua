@@ -1,0 +1,31 @@
+-- Store tasks as PENDING and queue them. ARGV: prefix, now_ms, then per task seven values:
+-- id, name, payload (JSON), priority, created_at, scheduled_at (epoch seconds), due_ms.
+local now_ms = tonumber(ARGV[2])
+ensure_type(ready_key, 'zset', now_ms)
+ensure_type(delayed_key, 'zset', now_ms)
+local due_now = 0
+for base = 3, #ARGV, 7 do
+  local id = ARGV[base]
+  local key = task_key(id)
+  local kind = redis.call('TYPE', key).ok
+  if kind == 'hash' then
+    -- Storing an id again replaces the old task (a producer retrying its own write).
+    unplace(key, id)
+    count_transition(redis.call('HGET', key, 'status'), 'PENDING')
+    redis.call('DEL', key)
+  elseif kind ~= 'none' then
+    redis.call('DEL', key)
+  end
+  local priority = tonumber(ARGV[base + 3])
+  local due_ms = tonumber(ARGV[base + 6])
+  redis.call('HSET', key, 'name', ARGV[base + 1], 'payload', ARGV[base + 2],
+    'priority', ARGV[base + 3], 'created_at', ARGV[base + 4], 'scheduled_at', ARGV[base + 5],
+    'status', 'PENDING', 'attempts', 0, 'deliveries', 0)
+  place(key, id, priority, due_ms, now_ms)
+  if due_ms <= now_ms then
+    due_now = due_now + 1
+  end
+end
+-- Every enqueue wakes the consumers: a delayed task may now be the next one due.
+redis.call('PUBLISH', wake_channel, due_now)
+return due_now

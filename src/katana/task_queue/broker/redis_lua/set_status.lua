@@ -1,0 +1,35 @@
+-- The seed's update_task_status as one step. ARGV: prefix, now_ms, id, status.
+-- Returns 1, or -1 for an unknown task.
+local now_ms = tonumber(ARGV[2])
+local id, status = ARGV[3], ARGV[4]
+local key = task_key(id)
+if redis.call('TYPE', key).ok ~= 'hash' then
+  return -1
+end
+local old = redis.call('HGET', key, 'status')
+local now_s = string.format('%.6f', now_ms / 1000)
+if status == 'PENDING' then
+  if old ~= 'PENDING' then
+    unplace(key, id)
+    count_transition(old, status)
+    redis.call('HSET', key, 'status', 'PENDING')
+    redis.call('HDEL', key, 'claim_token', 'finished_at')
+    local scheduled = tonumber(redis.call('HGET', key, 'scheduled_at')) or (now_ms / 1000)
+    place(key, id, tonumber(redis.call('HGET', key, 'priority')) or 0,
+      math.floor(scheduled * 1000), now_ms)
+    redis.call('PUBLISH', wake_channel, 1)
+  end
+  return 1
+end
+unplace(key, id)
+count_transition(old, status)
+redis.call('HSET', key, 'status', status)
+if status == 'PROCESSING' then
+  redis.call('HSET', key, 'started_at', now_s)
+else
+  redis.call('HDEL', key, 'claim_token')
+  if TERMINAL[status] then
+    redis.call('HSET', key, 'finished_at', now_s)
+  end
+end
+return 1
