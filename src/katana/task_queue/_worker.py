@@ -115,7 +115,13 @@ class Worker:
         )
         try:
             result = json_safe(await executor(task), "the executor's return value")
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if current is None or not current.cancelling():
+                # The executor's own code was cancelled (it cancelled something it awaited):
+                # a failure of this task, not a request to stop the worker.
+                await self._record_failure(task, exc)
+                return
             # Stopped before finishing: give the task back so another worker runs it.
             await asyncio.shield(broker.requeue(task.id, claim_token=task.claim_token))
             log_task_event(
@@ -140,7 +146,7 @@ class Worker:
                 task.id,
             )
 
-    async def _record_failure(self, task: Task, exc: Exception) -> None:
+    async def _record_failure(self, task: Task, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"
         recorded = await self._broker.mark_failed(
             task.id,

@@ -74,7 +74,9 @@ class TaskQueueService:
             raise ValueError(f"a task name must be a non-empty string, got {name!r}")
         if not callable(executor):
             raise TypeError(f"the executor for {name!r} is not callable: {executor!r}")
-        if inspect.iscoroutinefunction(executor):
+        if inspect.iscoroutinefunction(executor) or inspect.iscoroutinefunction(
+            getattr(executor, "__call__", None)  # noqa: B004  # an object with async __call__
+        ):
             self._executors[name] = executor
         else:
             self._executors[name] = _in_thread(executor)
@@ -228,6 +230,9 @@ class TaskQueueService:
 def _in_thread(function: Callable[[Task], Any]) -> TaskExecutor:
     @functools.wraps(function)
     async def run_in_thread(task: Task) -> Any:
-        return await asyncio.to_thread(function, task)
+        result = await asyncio.to_thread(function, task)
+        if inspect.isawaitable(result):  # a plain function that returned a coroutine
+            result = await result
+        return result
 
     return run_in_thread

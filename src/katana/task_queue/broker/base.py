@@ -32,8 +32,9 @@ class AbstractBroker(ABC):
     """
 
     #: Optional behaviours the broker has; the conformance suite reads this set.
-    #: ``"leases"``: claims expire unless renewed with ``extend_lease``, and expired claims are
-    #: handed out again. ``"multi_process"``: processes sharing the backend share the queue.
+    #: ``"leases"``: a claim expires unless renewed, and an expired claim is handed out again
+    #: (RedisBroker renews the claims of a live process by itself; ``extend_lease`` renews one).
+    #: ``"multi_process"``: processes sharing the backend share the queue.
     capabilities: frozenset[str] = frozenset()
 
     async def connect(self) -> None:  # noqa: B027  # optional hook; in-process brokers need none
@@ -113,12 +114,12 @@ class AbstractBroker(ABC):
         lost (the task already belongs to someone else).
         """
 
+    @abstractmethod
     async def extend_lease(self, task_id: str, claim_token: str) -> bool:
-        """Renew the claim on a PROCESSING task; ``False`` if it was lost.
+        """Renew the claim on a PROCESSING task; ``False`` if that claim is not the current one.
 
-        Brokers without leases have nothing to renew and report the claim as held.
+        Brokers without leases have nothing to renew and only check the claim.
         """
-        return True
 
     @abstractmethod
     async def count_by_status(self) -> dict[TaskStatus, int]:

@@ -255,6 +255,15 @@ class InMemoryBroker(AbstractBroker):
         task.finished_at = None
         self._push(task)
 
+    async def extend_lease(self, task_id: str, claim_token: str) -> bool:
+        self._ensure_open()
+        task = self._tasks.get(task_id)
+        return (
+            task is not None
+            and task.status is TaskStatus.PROCESSING
+            and task.claim_token == claim_token
+        )
+
     async def update_task_status(self, task_id: str, status: TaskStatus) -> None:
         self._ensure_open()
         task = self._tasks.get(task_id)

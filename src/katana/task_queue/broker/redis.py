@@ -27,7 +27,6 @@ import time
 from collections import deque
 from importlib import resources
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -41,6 +40,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("RedisBroker needs redis-py: pip install 'katana-task-queue[redis]'") from exc
 
+from .._urls import masked_url
 from ..errors import BrokerClosedError, BrokerError, BrokerUnavailableError
 from ..models import Task, TaskStatus, new_task_id
 from ._redis_codec import MalformedRecordError, decode_task, encode_new_task
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     from redis.asyncio.client import PubSub
 
-__all__ = ["RedisBroker", "masked_url"]
+__all__ = ["RedisBroker"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,18 +61,6 @@ _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 _SAFETY_POLL_SECONDS = 1.0
 _BACKOFF_FIRST_SECONDS = 0.05
 _BACKOFF_MAX_SECONDS = 2.0
-
-
-def masked_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, fit for logs and banners."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _load_scripts() -> dict[str, str]:
@@ -141,6 +129,7 @@ class RedisBroker(AbstractBroker):
         )
         self._scripts = {name: self._client.register_script(s) for name, s in _SCRIPTS.items()}
         self._closed = False
+        self._closing = False
         self._checked_server = False
         # Consumer side: waiting dequeue calls, tasks claimed for none of them yet, and the
         # claims this process holds (id -> claim token) which the heartbeat renews.
@@ -218,9 +207,7 @@ class RedisBroker(AbstractBroker):
     async def close(self) -> None:
         if self._closed:
             return
-        for loop_task in self._background:
-            loop_task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._stop_background()
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -238,6 +225,21 @@ class RedisBroker(AbstractBroker):
             await asyncio.gather(self._flusher, return_exceptions=True)
         self._closed = True
         await self._client.aclose()
+
+    async def _stop_background(self) -> None:
+        """Stop the consumer loops; they also watch ``_closing`` and leave on their own.
+
+        Cancelling a task while redis-py reads a reply can be swallowed by the client
+        (redis-py#2028, #2551), so cancellation is repeated until every loop has ended.
+        """
+        self._closing = True
+        self._demand.set()
+        self._wake.set()
+        pending = {task for task in self._background if not task.done()}
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
 
     # -- producing -----------------------------------------------------------------------
 
@@ -271,16 +273,23 @@ class RedisBroker(AbstractBroker):
             async with asyncio.timeout(timeout):
                 return await waiter
         except TimeoutError:
-            if waiter.done() and not waiter.cancelled():
-                self._buffer.appendleft(waiter.result())
+            self._pass_on(waiter)
             return None
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._buffer.appendleft(waiter.result())  # claimed for us: keep it for the next
+            self._pass_on(waiter)
             raise
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
+
+    def _pass_on(self, waiter: asyncio.Future[Task]) -> None:
+        """A task claimed for a ``dequeue`` that left goes to the next waiting one."""
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            task = waiter.result()
+            self._buffer.appendleft(task)
+            if any(not other.done() for other in self._waiters if other is not waiter):
+                self._buffer.popleft()
+                self._deliver(task)
 
     def _start_consuming(self) -> None:
         if self._background:
@@ -329,18 +338,13 @@ class RedisBroker(AbstractBroker):
         self._buffer.append(task)
 
     async def _fetch_loop(self) -> None:
+        """Claim tasks for the waiting ``dequeue`` calls, as many per round trip as wait."""
         backoff = _BACKOFF_FIRST_SECONDS
-        while True:
+        while not self._stopping():
             await self._demand.wait()
-            wanted = sum(1 for waiter in self._waiters if not waiter.done()) - len(self._buffer)
-            if wanted <= 0:
+            wanted = sum(1 for waiter in self._waiters if not waiter.done())
+            if wanted == 0 or self._stopping():
                 self._demand.clear()
-                if self._buffer:
-                    for task in list(self._buffer):
-                        if not any(not w.done() for w in self._waiters):
-                            break
-                        self._buffer.remove(task)
-                        self._deliver(task)
                 continue
             self._wake.clear()
             try:
@@ -358,26 +362,32 @@ class RedisBroker(AbstractBroker):
             backoff = _BACKOFF_FIRST_SECONDS
             for task in tasks:
                 self._deliver(task)
-            if tasks:
-                continue
-            wait = _SAFETY_POLL_SECONDS
-            if next_due is not None:
-                wait = min(wait, max(0.0, next_due - self._clock()))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()
+            if not tasks:
+                await self._sleep_until_woken(next_due)
+
+    async def _sleep_until_woken(self, next_due: float | None) -> None:
+        """Wait for a wake-up notification, the next delayed task, or the safety poll."""
+        wait = _SAFETY_POLL_SECONDS
+        if next_due is not None:
+            wait = min(wait, max(0.0, next_due - self._clock()))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._wake.wait()
+
+    def _stopping(self) -> bool:
+        return self._closing
 
     async def _listen_loop(self) -> None:
         """Turn the queue's wake-up notifications into ``_wake`` events."""
         channel = f"{self.prefix}:wake"
         backoff = _BACKOFF_FIRST_SECONDS
-        while True:
+        while not self._stopping():
             pubsub: PubSub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel)
                 self._wake.set()  # anything published while we were away is now missed
                 backoff = _BACKOFF_FIRST_SECONDS
-                while True:
+                while not self._stopping():
                     message = await pubsub.get_message(timeout=_SAFETY_POLL_SECONDS)
                     if message is not None:
                         self._wake.set()
@@ -390,8 +400,10 @@ class RedisBroker(AbstractBroker):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py lacks the hint
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._stopping():
             await asyncio.sleep(self.heartbeat_seconds)
+            if self._stopping():
+                return
             try:
                 await self.heartbeat()
             except BrokerError as exc:
@@ -490,8 +502,24 @@ class RedisBroker(AbstractBroker):
     ) -> bool:
         return await self._record("requeue", task_id, claim_token, int(delay_seconds * 1000), "")
 
+    async def extend_lease(self, task_id: str, claim_token: str) -> bool:
+        reply = await self._run(
+            "heartbeat",
+            [
+                self._now_ms(),
+                int(self.lease_seconds * 1000),
+                self.max_deliveries,
+                task_id,
+                claim_token,
+            ],
+        )
+        return bool(reply[0] == b"|")  # nothing before the separator: the claim was renewed
+
     async def update_task_status(self, task_id: str, status: TaskStatus) -> None:
-        code = await self._run("set_status", [self._now_ms(), task_id, TaskStatus(status).value])
+        code = await self._run(
+            "set_status",
+            [self._now_ms(), task_id, TaskStatus(status).value, int(self.lease_seconds * 1000)],
+        )
         if code < 0:
             raise KeyError(task_id)
         if status is not TaskStatus.PROCESSING:

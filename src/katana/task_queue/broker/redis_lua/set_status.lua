@@ -1,4 +1,4 @@
--- The seed's update_task_status as one step. ARGV: prefix, now_ms, id, status.
+-- The seed's update_task_status as one step. ARGV: prefix, now_ms, id, status, lease_ms.
 -- Returns 1, or -1 for an unknown task.
 local now_ms = tonumber(ARGV[2])
 local id, status = ARGV[3], ARGV[4]
@@ -25,7 +25,9 @@ unplace(key, id)
 count_transition(old, status)
 redis.call('HSET', key, 'status', status)
 if status == 'PROCESSING' then
+  -- Set by hand, not claimed: nobody holds a token, so the lease will expire unrenewed.
   redis.call('HSET', key, 'started_at', now_s)
+  redis.call('ZADD', processing_key, now_ms + tonumber(ARGV[5]), id)
 else
   redis.call('HDEL', key, 'claim_token')
   if TERMINAL[status] then

@@ -1,0 +1,300 @@
+"""Demo FastAPI app: the seed's two example tasks behind a debug endpoint, on an in-memory queue.
+
+Run it with ``make demo``, which starts ``uvicorn main:app --host 127.0.0.1 --port 8000``, then::
+
+    # Enqueue a task: 202 with {"task_id": "...", "status": "PENDING"}
+    curl -s -X POST http://127.0.0.1:8000/debug/add_task \\
+         -H 'Content-Type: application/json' \\
+         -d '{"name": "send_email", "payload": {"to": "user@example.com"}}'
+
+    # A failing task, a higher-priority task and a delayed task
+    curl -s -X POST http://127.0.0.1:8000/debug/add_task -H 'Content-Type: application/json' \\
+         -d '{"name": "send_email", "payload": {"error": true}}'
+    curl -s -X POST http://127.0.0.1:8000/debug/add_task -H 'Content-Type: application/json' \\
+         -d '{"name": "process_data", "payload": {"data_id": 42}, "priority": -1}'
+    curl -s -X POST http://127.0.0.1:8000/debug/add_task -H 'Content-Type: application/json' \\
+         -d '{"name": "process_data", "payload": {"data_id": 7}, "delay_seconds": 10}'
+
+    # Follow a task: PENDING -> PROCESSING -> COMPLETED (send_email takes 2 s) or FAILED
+    curl -s http://127.0.0.1:8000/tasks/<task_id>
+
+    curl -s http://127.0.0.1:8000/health
+
+Interactive API docs are at http://127.0.0.1:8000/docs. Stopping the server (Ctrl-C) lets
+running tasks finish (up to ``SHUTDOWN_GRACE_SECONDS``) before the workers stop.
+
+Tests build their own app with ``create_app(sleep_scale=0.01)`` so the demo tasks run fast,
+and may pass a ``broker`` they own (the app then leaves it open on exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime  # noqa: TC003  # pydantic evaluates field annotations at runtime
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from katana.task_queue.broker import AbstractBroker, InMemoryBroker
+from katana.task_queue.errors import InvalidTaskError, UnknownTaskError
+from katana.task_queue.models import TaskStatus  # noqa: TC001  # needed by pydantic at runtime
+from katana.task_queue.service import ServiceState, TaskQueueService
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from katana.task_queue.models import Task, TaskExecutor
+
+__all__ = ["app", "build_broker", "create_app", "demo_executors"]
+
+logger = logging.getLogger(__name__)
+
+#: How many workers the demo runs.
+NUM_WORKERS = 2
+#: How long shutdown waits for running tasks before handing them back to the queue.
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+# -- the seed's example executors ---------------------------------------------------------
+
+
+def demo_executors(sleep_scale: float = 1.0) -> dict[str, TaskExecutor]:
+    """The seed's two example executors, with their sleeps multiplied by ``sleep_scale``.
+
+    ``send_email`` sleeps 2 s, then fails if the payload has an ``"error"`` key;
+    ``process_data`` sleeps 1 s.
+    """
+    if isinstance(sleep_scale, bool) or not isinstance(sleep_scale, int | float):
+        raise TypeError(f"sleep_scale must be a number, got {sleep_scale!r}")
+    if not math.isfinite(sleep_scale) or sleep_scale < 0:
+        raise ValueError(f"sleep_scale must be finite and >= 0, got {sleep_scale!r}")
+
+    async def my_email_task_executor(task: Task) -> None:
+        logger.info("Sending email for task %s", task.id)
+        logger.debug("task %s payload: %r", task.id, task.payload)  # payloads: DEBUG only
+        # Simulate sending email
+        await asyncio.sleep(2 * sleep_scale)
+        if "error" in task.payload:
+            raise ValueError("Simulated email sending error")
+        logger.info("Email sent for task %s", task.id)
+
+    async def data_processing_executor(task: Task) -> None:
+        logger.info("Processing data for task %s", task.id)
+        logger.debug("task %s data_id: %r", task.id, task.payload.get("data_id"))
+        await asyncio.sleep(1 * sleep_scale)
+        logger.info("Data processing complete for task %s", task.id)
+
+    return {"send_email": my_email_task_executor, "process_data": data_processing_executor}
+
+
+# -- wiring --------------------------------------------------------------------------------
+
+
+def build_broker() -> AbstractBroker:
+    """The broker the demo uses when none is passed to ``create_app``.
+
+    This is the one place that picks a backend: a later version returns a ``RedisBroker``
+    when ``KATANA_BROKER_URL`` is set. Called at startup, not at import.
+    """
+    return InMemoryBroker()
+
+
+def create_app(
+    *,
+    broker: AbstractBroker | None = None,
+    sleep_scale: float = 1.0,
+    configure_logging: bool = False,
+) -> FastAPI:
+    """Build the demo app; its lifespan starts the workers and stops them on exit.
+
+    Args:
+        broker: A broker the caller owns and closes. ``None``: the app builds one with
+            ``build_broker()`` at startup and closes it on exit.
+        sleep_scale: Multiplies the demo executors' sleeps; tests pass a small value.
+        configure_logging: Send INFO logs to stderr at startup if logging is not configured
+            yet, so the task lifecycle shows in the server's terminal.
+    """
+    executors = demo_executors(sleep_scale)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if configure_logging:
+            # No-op when the root logger already has handlers.
+            logging.basicConfig(
+                level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+            )
+        async with AsyncExitStack() as stack:
+            if broker is None:
+                # Ours: closed after the workers have stopped (exit callbacks run in reverse).
+                task_broker = await stack.enter_async_context(build_broker())
+            else:
+                task_broker = broker
+                await task_broker.connect()
+            service = TaskQueueService(broker=task_broker, task_executors=executors)
+            app.state.service = service
+            stack.push_async_callback(service.shutdown, SHUTDOWN_GRACE_SECONDS)
+            service.start_workers(num_workers=NUM_WORKERS)
+            logger.info(
+                "demo started with %d workers; tasks: %s",
+                NUM_WORKERS,
+                ", ".join(service.task_names),
+            )
+            yield
+
+    app = FastAPI(
+        title="Katana demo",
+        summary="Enqueue the seed's example tasks and follow them through their states.",
+        lifespan=lifespan,
+    )
+    app.exception_handler(RequestValidationError)(_request_validation_error)
+    app.include_router(_router())
+    return app
+
+
+async def _request_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 response, minus its 500 when the rejected input is NaN or Infinity.
+
+    Python's JSON parser accepts ``NaN``, ``Infinity`` and overflowing numbers such as ``1e400``;
+    the default handler echoes them back and then fails to encode its own response.
+    """
+    detail = _finite_json(jsonable_encoder(exc.errors()))
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _finite_json(value: Any) -> Any:
+    """``value`` (already JSON-like) with every NaN or infinite float replaced by its repr."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {key: _finite_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite_json(item) for item in value]
+    return value
+
+
+def _get_service(request: Request) -> TaskQueueService:
+    service: TaskQueueService = request.app.state.service
+    return service
+
+
+Service = Annotated[TaskQueueService, Depends(_get_service)]
+
+
+# -- HTTP models ---------------------------------------------------------------------------
+
+
+class AddTaskRequest(BaseModel):
+    """What ``POST /debug/add_task`` takes. Ranges are checked by ``add_task`` itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="A registered task name: send_email or process_data.")
+    payload: dict[str, Any] | None = Field(default=None, description="A JSON object.")
+    # Strict: JSON true or "1" is not a priority (pydantic's lax mode would accept both).
+    priority: StrictInt = Field(default=0, description="Lower runs first.")
+    delay_seconds: float = Field(default=0.0, strict=True, description="Run no sooner than this.")
+
+
+class AddTaskResponse(BaseModel):
+    task_id: str
+    status: TaskStatus
+
+
+class TaskResponse(BaseModel):
+    """A task as the broker has it now; times are ISO 8601 in UTC."""
+
+    id: str
+    name: str
+    status: TaskStatus
+    priority: int
+    payload: dict[str, Any]
+    attempts: int
+    result: Any
+    error: str | None
+    created_at: datetime
+    scheduled_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_task(cls, task: Task) -> TaskResponse:
+        return cls(
+            id=task.id,
+            name=task.name,
+            status=task.status,
+            priority=task.priority,
+            payload=task.payload,
+            attempts=task.attempts,
+            result=task.result,
+            error=task.error,
+            created_at=task.created_at,
+            scheduled_at=task.scheduled_at,
+            started_at=task.started_at,
+            finished_at=task.finished_at,
+        )
+
+
+class HealthResponse(BaseModel):
+    status: str
+    service_state: str
+    task_names: list[str]
+    task_counts: dict[TaskStatus, int]
+
+
+# -- endpoints -----------------------------------------------------------------------------
+
+
+def _router() -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/debug/add_task",
+        status_code=202,
+        responses={422: {"description": "Unknown task name, or an invalid argument."}},
+    )
+    async def add_task(
+        body: AddTaskRequest, service: Service, response: Response
+    ) -> AddTaskResponse:
+        """Enqueue a task; follow it at the URL in the ``Location`` header."""
+        try:
+            task = await service.add_task(
+                name=body.name,
+                payload=body.payload,
+                priority=body.priority,
+                delay_seconds=body.delay_seconds,
+            )
+        except (UnknownTaskError, InvalidTaskError) as exc:
+            raise HTTPException(422, str(exc)) from exc
+        response.headers["Location"] = f"/tasks/{task.id}"
+        return AddTaskResponse(task_id=task.id, status=task.status)
+
+    @router.get("/tasks/{task_id}", responses={404: {"description": "No task has this id."}})
+    async def get_task(task_id: str, service: Service) -> TaskResponse:
+        task = await service.get_task(task_id)
+        if task is None:
+            raise HTTPException(404, f"no task with id {task_id!r}")
+        return TaskResponse.from_task(task)
+
+    @router.get("/health", responses={503: {"description": "The workers are not running."}})
+    async def health(service: Service, response: Response) -> HealthResponse:
+        running = service.state is ServiceState.RUNNING
+        if not running:
+            response.status_code = 503
+        return HealthResponse(
+            status="ok" if running else "unavailable",
+            service_state=service.state.value,
+            task_names=service.task_names,
+            task_counts=await service.broker.count_by_status(),
+        )
+
+    return router
+
+
+app = create_app(configure_logging=True)

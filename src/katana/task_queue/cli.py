@@ -1,0 +1,242 @@
+"""The ``katana`` command: run workers. The only module that reads env vars, URLs and signals."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from . import __version__
+from ._urls import masked_url
+from .broker.memory import InMemoryBroker
+from .service import TaskQueueService
+
+if TYPE_CHECKING:
+    from .broker.base import AbstractBroker
+
+__all__ = ["broker_from_url", "load_service", "main", "worker"]
+
+logger = logging.getLogger("katana.task_queue.cli")
+
+_LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
+
+
+def broker_from_url(url: str, *, queue: str | None = None) -> AbstractBroker:
+    """A broker for ``url``: ``redis://`` or ``rediss://`` (RedisBroker), ``memory://``."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("redis", "rediss", "unix"):
+        from .broker.redis import RedisBroker  # imported here: it needs the [redis] extra
+
+        return RedisBroker(url, queue=queue or "default")
+    if scheme == "memory":
+        return InMemoryBroker()
+    raise click.BadParameter(
+        f"unsupported broker URL {url!r}: use redis://, rediss:// or memory://",
+        param_hint="--broker",
+    )
+
+
+def load_service(target: str) -> TaskQueueService:
+    """Import ``module:attr``; attr is a TaskQueueService or a (sync or async) factory of one."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise click.BadParameter(f"expected module:attribute, got {target!r}", param_hint="APP")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: the app's own modules import
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="APP") from exc
+    try:
+        value: Any = getattr(module, attr)
+    except AttributeError as exc:
+        raise click.BadParameter(
+            f"{module_name!r} has no attribute {attr!r}", param_hint="APP"
+        ) from exc
+    if not isinstance(value, TaskQueueService) and callable(value):
+        value = value()
+        if inspect.isawaitable(value):
+            value = asyncio.run(_await(value))
+    if not isinstance(value, TaskQueueService):
+        raise click.BadParameter(
+            f"{target} is a {type(value).__name__}, not a TaskQueueService or a factory of one",
+            param_hint="APP",
+        )
+    return value
+
+
+async def _await(value: Any) -> Any:
+    return await value
+
+
+@click.group()
+@click.version_option(__version__, prog_name="katana")
+def main() -> None:
+    """Katana: an asyncio-native background task queue."""
+
+
+@main.command()
+@click.argument("app")
+@click.option(
+    "-c",
+    "--concurrency",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Tasks run at once by each process.",
+)
+@click.option(
+    "-p",
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Worker processes to start.",
+)
+@click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+@click.option(
+    "--shutdown-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds running tasks get to finish on SIGTERM/SIGINT before they are "
+    "handed back to the queue.",
+)
+@click.option(
+    "--broker",
+    "broker_url",
+    envvar="KATANA_BROKER_URL",
+    default=None,
+    help="Broker URL overriding the service's own broker [env: KATANA_BROKER_URL].",
+)
+@click.option("--queue", default=None, help="Queue name for --broker (default: 'default').")
+def worker(
+    app: str,
+    concurrency: int,
+    processes: int,
+    burst: bool,
+    log_level: str,
+    shutdown_timeout: float,
+    broker_url: str | None,
+    queue: str | None,
+) -> None:
+    """Run workers for the TaskQueueService APP (module:attribute)."""
+    logging.basicConfig(level=log_level.upper(), format=_LOG_FORMAT)
+    options = _WorkerOptions(app, concurrency, burst, shutdown_timeout, broker_url, queue)
+    service = _prepare(options)  # fail fast, in the parent, on a bad APP or URL
+    _print_banner(service, options, processes)
+    if processes == 1:
+        sys.exit(asyncio.run(_run_worker(service, options)))
+    sys.exit(_run_processes(options, processes, log_level))
+
+
+class _WorkerOptions:
+    def __init__(
+        self,
+        app: str,
+        concurrency: int,
+        burst: bool,
+        shutdown_timeout: float,
+        broker_url: str | None,
+        queue: str | None,
+    ) -> None:
+        self.app = app
+        self.concurrency = concurrency
+        self.burst = burst
+        self.shutdown_timeout = shutdown_timeout
+        self.broker_url = broker_url
+        self.queue = queue
+
+
+def _prepare(options: _WorkerOptions) -> TaskQueueService:
+    service = load_service(options.app)
+    if options.broker_url:
+        service.broker = broker_from_url(options.broker_url, queue=options.queue)
+    return service
+
+
+def _print_banner(service: TaskQueueService, options: _WorkerOptions, processes: int) -> None:
+    broker = service.broker
+    url = getattr(broker, "url", "memory://")
+    click.echo(
+        f"katana {__version__} worker on {socket.gethostname()} (pid {os.getpid()})\n"
+        f"  broker:      {type(broker).__name__} {masked_url(url)}\n"
+        f"  queue:       {getattr(broker, 'queue', '-')}\n"
+        f"  processes:   {processes} x concurrency {options.concurrency}\n"
+        f"  burst:       {'yes' if options.burst else 'no'}\n"
+        f"  tasks:       {', '.join(service.task_names) or '(none)'}",
+        err=True,
+    )
+
+
+async def _run_worker(service: TaskQueueService, options: _WorkerOptions) -> int:
+    """Run one process's workers until a signal (or an empty queue with --burst)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    broker = service.broker
+    await broker.connect()
+    service.start_workers(options.concurrency)
+    waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
+    if options.burst:
+        waiters.append(asyncio.create_task(service.wait_idle()))
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
+    logger.info(
+        "stopping: running tasks get %.1fs",
+        options.shutdown_timeout,
+        extra={"katana_event": "worker_stopping"},
+    )
+    await service.shutdown(timeout=options.shutdown_timeout)
+    await broker.close()
+    return 0
+
+
+def _child_main(options: _WorkerOptions, log_level: str) -> None:
+    logging.basicConfig(level=log_level.upper(), format=_LOG_FORMAT)
+    service = _prepare(options)
+    sys.exit(asyncio.run(_run_worker(service, options)))
+
+
+def _run_processes(options: _WorkerOptions, processes: int, log_level: str) -> int:
+    """Start ``processes`` children and pass SIGTERM/SIGINT on to them."""
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=_child_main, args=(options, log_level), name=f"katana-worker-{i}")
+        for i in range(1, processes + 1)
+    ]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        child.join()
+    failed = [child for child in children if child.exitcode not in (0, None)]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

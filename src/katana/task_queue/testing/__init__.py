@@ -1,0 +1,58 @@
+"""BrokerContract: the conformance suite every broker passes, shipped for third-party brokers too.
+
+Subclass it in a test module and supply an async fixture named ``broker`` that yields a fresh,
+empty, connected broker and closes it afterwards::
+
+    import pytest_asyncio  # or plain pytest.fixture under asyncio_mode = "auto"
+
+    from katana.task_queue.testing import BrokerContract
+
+
+    class TestMyBroker(BrokerContract):
+        @pytest_asyncio.fixture
+        async def broker(self) -> AsyncIterator[MyBroker]:
+            async with MyBroker(...) as broker:
+                yield broker
+
+The suite uses the ``AbstractBroker`` interface only. Optional behaviours are read from the
+broker's ``capabilities`` set, never skipped: with ``"leases"`` the suite checks that claims
+expire (set ``lease_seconds`` to the lease the fixture configures), without it that they do
+not. Timing bounds are loose class attributes (``wake_seconds``, ``guard_seconds``) a slow
+backend may raise, and ``let_consumers_block`` is the hook a networked broker may override to
+wait until its consumers are parked. This module imports pytest: it is meant for test code.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+# pytest rewrites asserts only in test modules and modules it was told about before they were
+# imported; without this, a failing contract test would say "AssertionError" and nothing more.
+pytest.register_assert_rewrite(
+    f"{__name__}._lifecycle",
+    f"{__name__}._queueing",
+    f"{__name__}._storage",
+    f"{__name__}._support",
+)
+
+from ._lifecycle import LifecycleContract  # noqa: E402  # after the rewrite registration above
+from ._queueing import QueueingContract  # noqa: E402  # after the rewrite registration above
+from ._storage import StorageContract  # noqa: E402  # after the rewrite registration above
+
+__all__ = ["BrokerContract"]
+
+
+class BrokerContract(StorageContract, QueueingContract, LifecycleContract):
+    """The broker conformance suite: a class of async pytest tests over a ``broker`` fixture.
+
+    It pins what the ``AbstractBroker`` docstrings promise: payloads round-trip; the ordering
+    contract (lowest priority number, then due time, then first in first out, and nothing
+    before it is due); ``dequeue`` waits without polling, wakes for new and newly due tasks,
+    and hands each task to exactly one consumer; claims are fenced by ``claim_token``; every
+    transition shows in ``get_task``; returned tasks are copies; ``close()`` is idempotent and
+    ends all use.
+    """
+
+    # Marked here, not only through asyncio_mode = "auto", so the suite also runs in projects
+    # that use pytest-asyncio's strict mode.
+    pytestmark = pytest.mark.asyncio

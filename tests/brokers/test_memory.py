@@ -1,0 +1,124 @@
+"""InMemoryBroker: the conformance suite, plus what only an in-process broker can show."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import pytest
+
+from katana.task_queue.broker import AbstractBroker, InMemoryBroker
+from katana.task_queue.models import Task, TaskStatus
+from katana.task_queue.testing import BrokerContract
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+
+class FakeClock:
+    """A POSIX-timestamp clock that only moves when told to."""
+
+    def __init__(self, start: float = datetime(2030, 1, 1, tzinfo=UTC).timestamp()) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def at(self, seconds_from_now: float) -> datetime:
+        """The instant ``seconds_from_now`` on this clock, as an aware datetime."""
+        return datetime.fromtimestamp(self.now + seconds_from_now, UTC)
+
+
+class TestInMemoryBroker(BrokerContract):
+    @pytest.fixture
+    async def broker(self) -> AsyncIterator[InMemoryBroker]:
+        async with InMemoryBroker() as broker:
+            yield broker
+
+    async def test_has_no_optional_capabilities(self, broker: AbstractBroker) -> None:
+        assert broker.capabilities == frozenset()
+
+    async def test_enqueueing_a_stored_id_again_replaces_the_task(
+        self, broker: AbstractBroker
+    ) -> None:
+        task = Task(name="first", payload={"version": 1})
+        await broker.enqueue(task)
+        claimed = await broker.dequeue(timeout=0)
+        assert claimed is not None
+
+        task.payload = {"version": 2}
+        await broker.enqueue(task)
+
+        counts = await broker.count_by_status()
+        assert (counts[TaskStatus.PENDING], counts[TaskStatus.PROCESSING]) == (1, 0)
+        again = await broker.dequeue(timeout=0)
+        assert again is not None
+        assert again.payload == {"version": 2}
+        assert await broker.dequeue(timeout=0) is None
+
+
+class TestInMemoryBrokerWithAFakeClock:
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    @pytest.fixture
+    async def broker(self, clock: FakeClock) -> AsyncIterator[InMemoryBroker]:
+        async with InMemoryBroker(clock=clock) as broker:
+            yield broker
+
+    async def test_a_delayed_task_becomes_due_when_the_clock_says_so(
+        self, broker: InMemoryBroker, clock: FakeClock
+    ) -> None:
+        task = Task(name="later", scheduled_at=clock.at(10))
+        await broker.enqueue(task)
+
+        clock.advance(9.999)
+        assert await broker.dequeue(timeout=0) is None
+
+        clock.advance(0.001)
+        claimed = await broker.dequeue(timeout=0)
+        assert claimed is not None
+        assert claimed.id == task.id
+
+    async def test_once_due_a_delayed_task_ranks_by_priority_and_due_time(
+        self, broker: InMemoryBroker, clock: FakeClock
+    ) -> None:
+        # Given a routine task due now, and two urgent ones: one due now, one in 10 seconds
+        routine_now = Task(name="routine", priority=5, scheduled_at=clock.at(0))
+        urgent_later = Task(name="urgent-later", priority=0, scheduled_at=clock.at(10))
+        urgent_now = Task(name="urgent-now", priority=0, scheduled_at=clock.at(0))
+        await broker.enqueue_many([routine_now, urgent_later, urgent_now])
+
+        # When the later one is due as well
+        clock.advance(10)
+
+        # Then it goes ahead of the routine task that has waited longer, after the urgent one
+        claimed = [await broker.dequeue(timeout=0) for _ in range(3)]
+        assert [t.name for t in claimed if t is not None] == [
+            "urgent-now",
+            "urgent-later",
+            "routine",
+        ]
+
+    async def test_requeue_delay_is_measured_on_the_clock(
+        self, broker: InMemoryBroker, clock: FakeClock
+    ) -> None:
+        await broker.enqueue(Task(name="retry", scheduled_at=clock.at(0)))
+        claimed = await broker.dequeue(timeout=0)
+        assert claimed is not None
+
+        assert await broker.requeue(claimed.id, delay_seconds=5, claim_token=claimed.claim_token)
+
+        stored = await broker.get_task(claimed.id)
+        assert stored is not None
+        assert stored.scheduled_at == clock.at(5)
+        clock.advance(4.5)
+        assert await broker.dequeue(timeout=0) is None
+        clock.advance(0.5)
+        again = await broker.dequeue(timeout=0)
+        assert again is not None
+        assert (again.id, again.attempts) == (claimed.id, 2)
