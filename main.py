@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime  # noqa: TC003  # pydantic evaluates field annotations at runtime
 from typing import TYPE_CHECKING, Annotated, Any
@@ -43,6 +44,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from katana.task_queue.broker import AbstractBroker, InMemoryBroker
+from katana.task_queue.cli import broker_from_url
 from katana.task_queue.errors import InvalidTaskError, UnknownTaskError
 from katana.task_queue.models import TaskStatus  # noqa: TC001  # needed by pydantic at runtime
 from katana.task_queue.service import ServiceState, TaskQueueService
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
 
     from katana.task_queue.models import Task, TaskExecutor
 
-__all__ = ["app", "build_broker", "create_app", "demo_executors"]
+__all__ = ["app", "broker_url", "build_broker", "create_app", "demo_executors", "worker_service"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +99,24 @@ def demo_executors(sleep_scale: float = 1.0) -> dict[str, TaskExecutor]:
 # -- wiring --------------------------------------------------------------------------------
 
 
-def build_broker() -> AbstractBroker:
-    """The broker the demo uses when none is passed to ``create_app``.
+def broker_url() -> str | None:
+    """``KATANA_BROKER_URL`` if set: the demo then enqueues on that broker (e.g. Redis)."""
+    return os.environ.get("KATANA_BROKER_URL") or None
 
-    This is the one place that picks a backend: a later version returns a ``RedisBroker``
-    when ``KATANA_BROKER_URL`` is set. Called at startup, not at import.
+
+def build_broker() -> AbstractBroker:
+    """The broker the demo uses when none is passed to ``create_app``; called at startup.
+
+    In-memory by default. With ``KATANA_BROKER_URL=redis://...`` it is a RedisBroker, and the
+    tasks are run by separate worker processes: ``katana worker main:worker_service``.
     """
-    return InMemoryBroker()
+    url = broker_url()
+    return InMemoryBroker() if url is None else broker_from_url(url)
+
+
+def worker_service() -> TaskQueueService:
+    """The demo's tasks for ``katana worker main:worker_service --broker redis://...``."""
+    return TaskQueueService(broker=InMemoryBroker(), task_executors=demo_executors())
 
 
 def create_app(
@@ -140,10 +153,15 @@ def create_app(
             service = TaskQueueService(broker=task_broker, task_executors=executors)
             app.state.service = service
             stack.push_async_callback(service.shutdown, SHUTDOWN_GRACE_SECONDS)
-            service.start_workers(num_workers=NUM_WORKERS)
+            # On a shared broker, worker processes started by the CLI run the tasks.
+            in_process = "multi_process" not in task_broker.capabilities
+            workers = NUM_WORKERS if in_process else 0
+            if workers:
+                service.start_workers(num_workers=workers)
             logger.info(
-                "demo started with %d workers; tasks: %s",
-                NUM_WORKERS,
+                "demo started on %r with %d in-process workers; tasks: %s",
+                task_broker,
+                workers,
                 ", ".join(service.task_names),
             )
             yield

@@ -217,6 +217,9 @@ class TaskQueueService:
         async with asyncio.timeout(timeout):
             while True:
                 self._task_done.clear()
+                if any(worker.current is not None for worker in self._workers):
+                    await self._task_done.wait()  # our own workers are busy: not idle yet
+                    continue
                 counts = await self.broker.count_by_status()
                 if counts[TaskStatus.PENDING] == 0 and counts[TaskStatus.PROCESSING] == 0:
                     return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import time
@@ -180,7 +179,8 @@ class InMemoryBroker(AbstractBroker):
                 timer.cancel()
             if not waiter.done():
                 waiter.cancel()
-            with contextlib.suppress(ValueError):  # already taken off by _wake_one
+            # Test membership first: a failed deque.remove formats the future's repr.
+            if waiter in self._waiters:  # not already taken off by _wake_one
                 self._waiters.remove(waiter)
 
     def _wake_one(self) -> None:

@@ -47,7 +47,7 @@ from ._redis_codec import MalformedRecordError, decode_task, encode_new_task
 from .base import AbstractBroker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable
+    from collections.abc import Callable, Iterable
 
     from redis.asyncio.client import PubSub
 
@@ -279,7 +279,8 @@ class RedisBroker(AbstractBroker):
             self._pass_on(waiter)
             raise
         finally:
-            with contextlib.suppress(ValueError):
+            # Test membership first: a failed deque.remove formats the future's repr.
+            if waiter in self._waiters:  # not already taken off by _deliver
                 self._waiters.remove(waiter)
 
     def _pass_on(self, waiter: asyncio.Future[Task]) -> None:
@@ -576,12 +577,14 @@ class RedisBroker(AbstractBroker):
     async def purge(self) -> None:
         """Delete every key of this queue (tests and benchmarks start from nothing)."""
         self._ensure_open()
-        async for key in self._scan(f"{self.prefix}:*"):
-            await self._client.delete(key)
-
-    async def _scan(self, pattern: str) -> AsyncIterator[bytes]:
-        async for key in self._client.scan_iter(match=pattern, count=1000):
-            yield key
+        batch: list[bytes] = []
+        async for key in self._client.scan_iter(match=f"{self.prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                await self._client.unlink(*batch)
+                batch = []
+        if batch:
+            await self._client.unlink(*batch)
 
 
 def _text(value: Any) -> str:
