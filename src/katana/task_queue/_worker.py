@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import traceback
 from typing import TYPE_CHECKING
@@ -52,8 +53,17 @@ class Worker:
         self.idle = False
         #: The task being run, if any.
         self.current: Task | None = None
+        # Completions handed to the broker and not yet confirmed written.
+        self._unconfirmed: set[asyncio.Future[bool]] = set()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if self._unconfirmed:
+                await asyncio.shield(asyncio.gather(*self._unconfirmed, return_exceptions=True))
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         last_yield = loop.time()
         backoff = _BACKOFF_FIRST_SECONDS
@@ -135,16 +145,18 @@ class Worker:
         except Exception as exc:
             await self._record_failure(task, exc)
             return
-        if await broker.mark_complete(task.id, result, claim_token=task.claim_token):
-            log_task_event(logging.INFO, "task_completed", task, "task %s completed", task.id)
+        # Take the next task while the outcome is written: a batching broker sends it along
+        # with its next claim. run() waits for every outcome before it returns.
+        outcome = broker.complete_soon(task.id, result, claim_token=task.claim_token)
+        if outcome.done():
+            _report_completion(task, outcome)
         else:
-            log_task_event(
-                logging.WARNING,
-                "task_claim_lost",
-                task,
-                "task %s finished after its claim was lost; result discarded",
-                task.id,
-            )
+            self._unconfirmed.add(outcome)
+            outcome.add_done_callback(functools.partial(self._confirmed, task))
+
+    def _confirmed(self, task: Task, outcome: asyncio.Future[bool]) -> None:
+        self._unconfirmed.discard(outcome)
+        _report_completion(task, outcome)
 
     async def _record_failure(self, task: Task, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -173,3 +185,27 @@ class Worker:
                 "task %s failed after its claim was lost; failure discarded",
                 task.id,
             )
+
+
+def _report_completion(task: Task, outcome: asyncio.Future[bool]) -> None:
+    error = outcome.exception()
+    if error is not None:
+        log_task_event(
+            logging.ERROR,
+            "outcome_not_recorded",
+            task,
+            "task %s completed but its outcome could not be recorded (%s); it will run again "
+            "once its claim expires",
+            task.id,
+            error,
+        )
+    elif outcome.result():
+        log_task_event(logging.INFO, "task_completed", task, "task %s completed", task.id)
+    else:
+        log_task_event(
+            logging.WARNING,
+            "task_claim_lost",
+            task,
+            "task %s finished after its claim was lost; result discarded",
+            task.id,
+        )

@@ -7,6 +7,7 @@ that is not yet due never blocks a due one, whatever its priority, and never sta
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Self
 
@@ -92,6 +93,16 @@ class AbstractBroker(ABC):
         self, task_id: str, result: Any = None, *, claim_token: str | None = None
     ) -> bool:
         """Record a success; returns ``False`` if ``claim_token`` is no longer the current claim."""
+
+    def complete_soon(
+        self, task_id: str, result: Any = None, *, claim_token: str | None = None
+    ) -> asyncio.Future[bool]:
+        """``mark_complete`` without waiting: the returned future resolves once it is recorded.
+
+        Lets a worker take its next task while the outcome is written; brokers that batch
+        writes override this so the outcome travels with the next claim.
+        """
+        return asyncio.ensure_future(self.mark_complete(task_id, result, claim_token=claim_token))
 
     @abstractmethod
     async def mark_failed(

@@ -206,6 +206,20 @@ class InMemoryBroker(AbstractBroker):
     async def mark_complete(
         self, task_id: str, result: Any = None, *, claim_token: str | None = None
     ) -> bool:
+        return self._complete(task_id, result, claim_token)
+
+    def complete_soon(
+        self, task_id: str, result: Any = None, *, claim_token: str | None = None
+    ) -> asyncio.Future[bool]:
+        # Recording is immediate here: hand back a finished future, no task needed.
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        try:
+            future.set_result(self._complete(task_id, result, claim_token))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    def _complete(self, task_id: str, result: Any, claim_token: str | None) -> bool:
         self._ensure_open()
         task = self._claimed(task_id, claim_token)
         if task is None:

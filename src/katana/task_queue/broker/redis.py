@@ -26,7 +26,7 @@ import re
 import time
 from collections import deque
 from importlib import resources
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import orjson
 
@@ -140,8 +140,11 @@ class RedisBroker(AbstractBroker):
         self._wake = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         # Outcomes waiting to be written in one round trip.
-        self._outcomes: list[tuple[list[Any], asyncio.Future[int]]] = []
+        # Outcomes waiting to be written: they go with the next claim, or else with the next
+        # flush, one loop turn after they were recorded.
+        self._outcomes: list[_Outcome] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._flush_scheduled = False
 
     def __repr__(self) -> str:
         return f"RedisBroker({masked_url(self.url)!r}, queue={self.queue!r})"
@@ -216,9 +219,7 @@ class RedisBroker(AbstractBroker):
         # expiry; then whatever outcomes are still queued get written.
         while self._buffer:
             task = self._buffer.popleft()
-            self._outcomes.append(
-                (["requeue", task.id, task.claim_token or "", 0, ""], _done_future())
-            )
+            self._submit("requeue", task.id, task.claim_token, 0, "")
         with contextlib.suppress(BrokerError):
             await self._flush_outcomes()
         if self._flusher is not None:
@@ -302,12 +303,20 @@ class RedisBroker(AbstractBroker):
         ]
 
     async def _claim(self, count: int) -> tuple[float | None, list[Task]]:
-        reply = await self._run(
-            "claim", [self._now_ms(), count, int(self.lease_seconds * 1000), new_task_id()]
-        )
+        """Claim up to ``count`` tasks, writing the queued outcomes in the same round trip."""
+        batch = self._take_outcomes()
+        args: list[Any] = [self._now_ms(), count, int(self.lease_seconds * 1000), new_task_id()]
+        for outcome in batch:
+            args.extend(outcome.values)
+        try:
+            reply = await self._run("claim", args)
+        except BaseException as exc:
+            self._resolve(batch, exc)
+            raise
+        self._resolve(batch, reply[1])
         next_due = float(reply[0]) / 1000 if reply[0] else None
         tasks = []
-        for record in reply[1:]:
+        for record in reply[2:]:
             task = await self._decode_claimed(record)
             if task is not None:
                 self._held[task.id] = task.claim_token or ""
@@ -451,42 +460,70 @@ class RedisBroker(AbstractBroker):
 
     # -- outcomes ------------------------------------------------------------------------
 
-    async def _record(self, op: str, task_id: str, claim_token: str | None, a: Any, b: Any) -> bool:
+    def _submit(
+        self, op: str, task_id: str, claim_token: str | None, a: Any, b: Any
+    ) -> asyncio.Future[bool]:
         self._ensure_open()
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._outcomes.append(([op, task_id, claim_token or "", a, b], future))
-        if self._flusher is None or self._flusher.done():
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._outcomes.append(_Outcome([op, task_id, claim_token or "", a, b], future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+        return future
+
+    def _start_flush(self) -> None:
+        self._flush_scheduled = False
+        if self._outcomes and (self._flusher is None or self._flusher.done()):
             self._flusher = asyncio.create_task(self._flush_outcomes())
-        code = await future
-        if claim_token is None or self._held.get(task_id) == claim_token:
-            self._held.pop(task_id, None)
-        if code < 0:
-            raise KeyError(task_id)
-        return code == 1
+
+    def _take_outcomes(self) -> list[_Outcome]:
+        batch, self._outcomes = self._outcomes[:500], self._outcomes[500:]
+        return batch
+
+    def _resolve(self, batch: list[_Outcome], codes: list[int] | BaseException) -> None:
+        """Settle the futures of written outcomes: True, False (claim lost) or KeyError."""
+        for index, outcome in enumerate(batch):
+            task_id, token = outcome.values[1], outcome.values[2]
+            if self._held.get(task_id) == token or not token:
+                self._held.pop(task_id, None)
+            future = outcome.future
+            if future.done():
+                continue
+            if isinstance(codes, BaseException):
+                future.set_exception(
+                    codes if isinstance(codes, Exception) else BrokerError("write interrupted")
+                )
+            elif int(codes[index]) < 0:
+                future.set_exception(KeyError(task_id))
+            else:
+                future.set_result(int(codes[index]) == 1)
 
     async def _flush_outcomes(self) -> None:
         """Write every queued outcome, those that arrive meanwhile in the next round trip."""
         while self._outcomes:
-            batch, self._outcomes = self._outcomes[:500], self._outcomes[500:]
+            batch = self._take_outcomes()
             args: list[Any] = [self._now_ms()]
-            for values, _ in batch:
-                args.extend(values)
+            for outcome in batch:
+                args.extend(outcome.values)
             try:
                 codes = await self._run("finish", args)
-            except BrokerError as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+            except BaseException as exc:
+                self._resolve(batch, exc)
+                if not isinstance(exc, Exception):
+                    raise
                 continue
-            for (_, future), code in zip(batch, codes, strict=True):
-                if not future.done():
-                    future.set_result(int(code))
+            self._resolve(batch, codes)
+
+    def complete_soon(
+        self, task_id: str, result: Any = None, *, claim_token: str | None = None
+    ) -> asyncio.Future[bool]:
+        encoded = b"" if result is None else orjson.dumps(result)
+        return self._submit("complete", task_id, claim_token, encoded, "")
 
     async def mark_complete(
         self, task_id: str, result: Any = None, *, claim_token: str | None = None
     ) -> bool:
-        encoded = b"" if result is None else orjson.dumps(result)
-        return await self._record("complete", task_id, claim_token, encoded, "")
+        return await self.complete_soon(task_id, result, claim_token=claim_token)
 
     async def mark_failed(
         self,
@@ -496,12 +533,12 @@ class RedisBroker(AbstractBroker):
         traceback: str | None = None,
         claim_token: str | None = None,
     ) -> bool:
-        return await self._record("fail", task_id, claim_token, error, traceback or "")
+        return await self._submit("fail", task_id, claim_token, error, traceback or "")
 
     async def requeue(
         self, task_id: str, *, delay_seconds: float = 0.0, claim_token: str | None = None
     ) -> bool:
-        return await self._record("requeue", task_id, claim_token, int(delay_seconds * 1000), "")
+        return await self._submit("requeue", task_id, claim_token, int(delay_seconds * 1000), "")
 
     async def extend_lease(self, task_id: str, claim_token: str) -> bool:
         reply = await self._run(
@@ -593,5 +630,6 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _done_future() -> asyncio.Future[int]:
-    return asyncio.get_running_loop().create_future()
+class _Outcome(NamedTuple):
+    values: list[Any]  # the five values apply_outcomes reads
+    future: asyncio.Future[bool]

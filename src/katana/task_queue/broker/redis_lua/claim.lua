@@ -1,6 +1,7 @@
--- Claim up to `count` due tasks for one consumer. ARGV: prefix, now_ms, count, lease_ms,
--- token_base. Returns {next_due_ms or '', record, record, ...}: each record is the task's
--- HGETALL followed by 'id', id.
+-- Record a consumer's pending outcomes, then claim up to `count` due tasks for it, in one
+-- round trip. ARGV: prefix, now_ms, count, lease_ms, token_base, then five values per outcome
+-- (see apply_outcomes). Returns {next_due_ms or '', outcome codes, record, record, ...}: each
+-- record is the task's HGETALL followed by 'id', id.
 local now_ms = tonumber(ARGV[2])
 local count = tonumber(ARGV[3])
 local lease_ms = tonumber(ARGV[4])
@@ -9,6 +10,7 @@ local now_s = string.format('%.6f', now_ms / 1000)
 ensure_type(ready_key, 'zset', now_ms)
 ensure_type(delayed_key, 'zset', now_ms)
 ensure_type(processing_key, 'zset', now_ms)
+local codes = apply_outcomes(6, #ARGV, now_ms)
 
 -- Delayed tasks that came due join the ready set, ordered by their due time.
 local due = redis.call('ZRANGEBYSCORE', delayed_key, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, 1000)
@@ -62,8 +64,8 @@ while n < count do
 end
 
 local next_due = redis.call('ZRANGE', delayed_key, 0, 0, 'WITHSCORES')
-local result = {next_due[2] or ''}
+local result = {next_due[2] or '', codes}
 for i = 1, #claimed do
-  result[i + 1] = claimed[i]
+  result[i + 2] = claimed[i]
 end
 return result
