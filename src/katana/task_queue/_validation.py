@@ -42,6 +42,8 @@ def check_priority(priority: object) -> int:
 
 
 def check_delay(delay_seconds: object) -> float:
+    if delay_seconds == 0 and type(delay_seconds) is int:  # the common case, checked first
+        return 0.0
     if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, int | float):
         raise InvalidTaskError(
             f"delay_seconds must be a number, got {type(delay_seconds).__name__} {delay_seconds!r}"

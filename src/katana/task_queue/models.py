@@ -16,6 +16,7 @@ __all__ = [
     "Task",
     "TaskExecutor",
     "TaskStatus",
+    "new_pending_task",
     "new_task_id",
     "utcnow",
 ]
@@ -104,6 +105,33 @@ class Task:
         clone.finished_at = self.finished_at
         clone.claim_token = self.claim_token
         return clone
+
+
+def new_pending_task(
+    name: str,
+    payload: dict[str, Any],
+    priority: int,
+    created_at: datetime,
+    scheduled_at: datetime,
+) -> Task:
+    """A fresh PENDING task with a new id, built without the dataclass ``__init__``.
+
+    ``add_task`` calls this for every task; skipping the generated ``__init__`` (keyword
+    parsing, default factories) makes it several times cheaper. The arguments are trusted.
+    """
+    task = _new_object(Task)
+    task.name = name
+    task.payload = payload
+    task.priority = priority
+    task.id = new_task_id()
+    task.created_at = created_at
+    task.scheduled_at = scheduled_at
+    task.status = TaskStatus.PENDING
+    task.attempts = 0
+    task.result = task.error = task.traceback = None
+    task.started_at = task.finished_at = None
+    task.claim_token = None
+    return task
 
 
 _new_object = object.__new__

@@ -14,7 +14,7 @@ from ._events import log_task_event, logger
 from ._validation import check_delay, check_priority, detached_payload
 from ._worker import Worker
 from .errors import ServiceStateError, UnknownTaskError
-from .models import Task, TaskExecutor, TaskStatus, new_task_id, utcnow
+from .models import Task, TaskExecutor, TaskStatus, new_pending_task, utcnow
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -134,13 +134,12 @@ class TaskQueueService:
         priority = check_priority(priority)
         delay = check_delay(delay_seconds)
         now = utcnow()
-        return Task(
-            name=name,
-            payload=detached_payload(payload),
-            priority=priority,
-            id=new_task_id(),
-            created_at=now,
-            scheduled_at=now + timedelta(seconds=delay) if delay else now,
+        return new_pending_task(
+            name,
+            detached_payload(payload),
+            priority,
+            now,
+            now + timedelta(seconds=delay) if delay else now,
         )
 
     async def get_task(self, task_id: str) -> Task | None:

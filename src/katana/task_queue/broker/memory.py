@@ -6,7 +6,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections import Counter, deque
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -47,9 +47,11 @@ class InMemoryBroker(AbstractBroker):
         self._queued: dict[str, int] = {}
         self._sequence = itertools.count()
         self._claims = itertools.count(1)
-        self._status_counts: Counter[TaskStatus] = Counter()
+        self._status_counts = dict.fromkeys(TaskStatus, 0)
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
+        self._settled_loop: asyncio.AbstractEventLoop | None = None
+        self._settled: dict[bool, asyncio.Future[bool]] = {}
 
     async def close(self) -> None:
         self._closed = True
@@ -211,13 +213,21 @@ class InMemoryBroker(AbstractBroker):
     def complete_soon(
         self, task_id: str, result: Any = None, *, claim_token: str | None = None
     ) -> asyncio.Future[bool]:
-        # Recording is immediate here: hand back a finished future, no task needed.
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        # Recording is immediate here: hand back a finished future, no task needed. Finished
+        # futures never change, so one per outcome and loop is shared by every call.
         try:
-            future.set_result(self._complete(task_id, result, claim_token))
+            recorded = self._complete(task_id, result, claim_token)
         except Exception as exc:
+            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             future.set_exception(exc)
-        return future
+            return future
+        loop = asyncio.get_running_loop()
+        if self._settled_loop is not loop:
+            self._settled_loop = loop
+            self._settled = {flag: loop.create_future() for flag in (True, False)}
+            for flag, settled in self._settled.items():
+                settled.set_result(flag)
+        return self._settled[recorded]
 
     def _complete(self, task_id: str, result: Any, claim_token: str | None) -> bool:
         self._ensure_open()
@@ -305,8 +315,7 @@ class InMemoryBroker(AbstractBroker):
 
     async def count_by_status(self) -> dict[TaskStatus, int]:
         self._ensure_open()
-        counts = self._status_counts
-        return {status: counts[status] for status in TaskStatus}
+        return dict(self._status_counts)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
