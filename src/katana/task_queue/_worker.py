@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ._events import log_task_event, logger
 from ._validation import json_safe
-from .errors import BrokerClosedError
+from .errors import BrokerClosedError, BrokerError, UnknownTaskError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -108,11 +108,8 @@ class Worker:
         broker = self._broker
         executor = self._executors.get(task.name)
         if executor is None:
-            message = f"UnknownTaskError: no executor registered for {task.name!r} in this worker"
-            await broker.mark_failed(task.id, message, claim_token=task.claim_token)
-            log_task_event(
-                logging.ERROR, "task_failed", task, "task %s failed: %s", task.id, message
-            )
+            error = UnknownTaskError(f"no executor registered for {task.name!r} in this worker")
+            await self._record_failure(task, error)
             return
         log_task_event(
             logging.INFO,
@@ -133,7 +130,11 @@ class Worker:
                 await self._record_failure(task, exc)
                 return
             # Stopped before finishing: give the task back so another worker runs it.
-            await asyncio.shield(broker.requeue(task.id, claim_token=task.claim_token))
+            try:
+                await asyncio.shield(broker.requeue(task.id, claim_token=task.claim_token))
+            except BrokerError as error:
+                _log_not_recorded(task, error)  # its lease will expire and hand it back
+                raise
             log_task_event(
                 logging.WARNING,
                 "task_requeued",
@@ -160,12 +161,16 @@ class Worker:
 
     async def _record_failure(self, task: Task, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"
-        recorded = await self._broker.mark_failed(
-            task.id,
-            error,
-            traceback="".join(traceback.format_exception(exc)),
-            claim_token=task.claim_token,
-        )
+        try:
+            recorded = await self._broker.mark_failed(
+                task.id,
+                error,
+                traceback="".join(traceback.format_exception(exc)),
+                claim_token=task.claim_token,
+            )
+        except BrokerError as broker_error:
+            _log_not_recorded(task, broker_error)
+            return
         if recorded:
             log_task_event(
                 logging.ERROR,
@@ -187,18 +192,22 @@ class Worker:
             )
 
 
+def _log_not_recorded(task: Task, error: BaseException) -> None:
+    log_task_event(
+        logging.ERROR,
+        "outcome_not_recorded",
+        task,
+        "the outcome of task %s could not be recorded (%s); it will run again once its claim "
+        "expires",
+        task.id,
+        error,
+    )
+
+
 def _report_completion(task: Task, outcome: asyncio.Future[bool]) -> None:
     error = outcome.exception()
     if error is not None:
-        log_task_event(
-            logging.ERROR,
-            "outcome_not_recorded",
-            task,
-            "task %s completed but its outcome could not be recorded (%s); it will run again "
-            "once its claim expires",
-            task.id,
-            error,
-        )
+        _log_not_recorded(task, error)
     elif outcome.result():
         log_task_event(logging.INFO, "task_completed", task, "task %s completed", task.id)
     else:

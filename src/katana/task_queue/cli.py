@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import logging
@@ -18,6 +19,7 @@ import click
 from . import __version__
 from ._urls import masked_url
 from .broker.memory import InMemoryBroker
+from .errors import BrokerUnavailableError
 from .service import TaskQueueService
 
 if TYPE_CHECKING:
@@ -191,7 +193,9 @@ async def _run_worker(service: TaskQueueService, options: _WorkerOptions) -> int
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     broker = service.broker
-    await broker.connect()
+    if not await _connect(broker, stop):
+        await broker.close()
+        return 0
     service.start_workers(options.concurrency)
     waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
     if options.burst:
@@ -207,6 +211,27 @@ async def _run_worker(service: TaskQueueService, options: _WorkerOptions) -> int
     await service.shutdown(timeout=options.shutdown_timeout)
     await broker.close()
     return 0
+
+
+async def _connect(broker: AbstractBroker, stop: asyncio.Event) -> bool:
+    """Connect, retrying with capped backoff while the broker is down; False if told to stop."""
+    delay = 0.1
+    while not stop.is_set():
+        try:
+            await broker.connect()
+            return True
+        except BrokerUnavailableError as exc:
+            logger.warning(
+                "broker unavailable (%s); retrying in %.1fs",
+                exc,
+                delay,
+                extra={"katana_event": "broker_error"},
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+            delay = min(delay * 2, 5.0)
+    return False
 
 
 def _child_main(options: _WorkerOptions, log_level: str) -> None:

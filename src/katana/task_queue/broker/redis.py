@@ -36,6 +36,7 @@ try:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError, ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.maint_notifications import MaintNotificationsConfig
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("RedisBroker needs redis-py: pip install 'katana-task-queue[redis]'") from exc
@@ -66,7 +67,7 @@ _BACKOFF_MAX_SECONDS = 2.0
 def _load_scripts() -> dict[str, str]:
     folder = resources.files(__package__).joinpath("redis_lua")
     prelude = folder.joinpath("_prelude.lua").read_text()
-    names = ("enqueue", "claim", "finish", "set_status", "heartbeat", "quarantine")
+    names = ("enqueue", "claim", "finish", "set_status", "heartbeat", "quarantine", "counts")
     return {name: prelude + folder.joinpath(f"{name}.lua").read_text() for name in names}
 
 
@@ -126,6 +127,9 @@ class RedisBroker(AbstractBroker):
             health_check_interval=15,
             # Scripts are not idempotent: a blind resend after a lost reply could claim twice.
             retry=Retry(NoBackoff(), 0),
+            # With the default "auto", redis-py 8 skips its dead-socket check on pooled
+            # connections, so the first command after a Redis restart failed.
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
         self._scripts = {name: self._client.register_script(s) for name, s in _SCRIPTS.items()}
         self._closed = False
@@ -245,17 +249,17 @@ class RedisBroker(AbstractBroker):
     # -- producing -----------------------------------------------------------------------
 
     async def enqueue(self, task: Task) -> None:
-        await self._run("enqueue", [self._now_ms(), *encode_new_task(task)])
+        self._log_quarantined(await self._run("enqueue", [self._now_ms(), *encode_new_task(task)]))
 
     async def enqueue_many(self, tasks: Iterable[Task]) -> None:
         args: list[Any] = []
         for task in tasks:
             args.extend(encode_new_task(task))
             if len(args) >= 7 * 1000:  # keep each script call short: it blocks Redis
-                await self._run("enqueue", [self._now_ms(), *args])
+                self._log_quarantined(await self._run("enqueue", [self._now_ms(), *args]))
                 args = []
         if args:
-            await self._run("enqueue", [self._now_ms(), *args])
+            self._log_quarantined(await self._run("enqueue", [self._now_ms(), *args]))
 
     # -- consuming -----------------------------------------------------------------------
 
@@ -314,9 +318,10 @@ class RedisBroker(AbstractBroker):
             self._resolve(batch, exc)
             raise
         self._resolve(batch, reply[1])
+        self._log_quarantined(reply[2])
         next_due = float(reply[0]) / 1000 if reply[0] else None
         tasks = []
-        for record in reply[2:]:
+        for record in reply[3:]:
             task = await self._decode_claimed(record)
             if task is not None:
                 self._held[task.id] = task.claim_token or ""
@@ -337,6 +342,17 @@ class RedisBroker(AbstractBroker):
             )
             await self._run("quarantine", [self._now_ms(), task_id, f"malformed record: {exc}"])
             return None
+
+    def _log_quarantined(self, pairs: list[bytes]) -> None:
+        """Log what a script moved to quarantine (entry, reason pairs)."""
+        for raw_entry, raw_reason in zip(pairs[::2], pairs[1::2], strict=True):
+            entry = raw_entry.decode(errors="replace")
+            logger.warning(
+                "quarantined %r: %s",
+                entry[:200],
+                raw_reason.decode(errors="replace"),
+                extra={"katana_event": "task_quarantined", "entry": entry[:200]},
+            )
 
     def _deliver(self, task: Task) -> None:
         waiters = self._waiters
@@ -444,13 +460,14 @@ class RedisBroker(AbstractBroker):
                 extra={"katana_event": "lease_lost", "task_id": task_id},
             )
         requeued = int(reply[split + 1])
+        self._log_quarantined(reply[split + 2])
         if requeued:
             logger.warning(
                 "%d tasks whose worker stopped renewing its lease are PENDING again",
                 requeued,
                 extra={"katana_event": "leases_recovered"},
             )
-        for raw_id in reply[split + 2 :]:
+        for raw_id in reply[split + 3 :]:
             logger.error(
                 "task %s is DEAD: delivered %d times and each time its worker was lost",
                 raw_id.decode(),
@@ -585,22 +602,14 @@ class RedisBroker(AbstractBroker):
             return None
 
     async def count_by_status(self) -> dict[TaskStatus, int]:
-        self._ensure_open()
-        try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.zcard(self._ready_key)
-                pipe.zcard(f"{self.prefix}:delayed")
-                pipe.zcard(f"{self.prefix}:processing")
-                pipe.hgetall(f"{self.prefix}:counts")
-                ready, delayed, processing, terminal = await pipe.execute()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise BrokerUnavailableError(
-                f"Redis at {masked_url(self.url)} is unreachable: {exc}"
-            ) from exc
+        ready, delayed, processing, terminal, quarantined = await self._run(
+            "counts", [self._now_ms()]
+        )
+        self._log_quarantined(quarantined)
         counts = dict.fromkeys(TaskStatus, 0)
         counts[TaskStatus.PENDING] = int(ready) + int(delayed)
         counts[TaskStatus.PROCESSING] = int(processing)
-        for raw_status, raw_count in terminal.items():
+        for raw_status, raw_count in zip(terminal[::2], terminal[1::2], strict=True):
             with contextlib.suppress(KeyError, ValueError):
                 counts[TaskStatus(raw_status.decode())] = int(raw_count)
         return counts
@@ -608,8 +617,23 @@ class RedisBroker(AbstractBroker):
     async def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest entries moved to quarantine, each with the entry, reason and time."""
         self._ensure_open()
-        raw = await self._client.lrange(f"{self.prefix}:quarantine", 0, limit - 1)
-        return [orjson.loads(item) for item in raw]
+        try:
+            raw = cast(
+                "list[bytes]",
+                await self._client.lrange(f"{self.prefix}:quarantine", 0, limit - 1),
+            )
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailableError(
+                f"Redis at {masked_url(self.url)} is unreachable: {exc}"
+            ) from exc
+        notes = []
+        for item in raw:
+            # Entries may hold the garbage's raw bytes, which Lua's cjson leaves unescaped.
+            with contextlib.suppress(ValueError):
+                note = orjson.loads(item.decode("utf-8", "replace"))
+                if isinstance(note, dict):
+                    notes.append(note)
+        return notes
 
     async def purge(self) -> None:
         """Delete every key of this queue (tests and benchmarks start from nothing)."""

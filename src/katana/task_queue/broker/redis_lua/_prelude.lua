@@ -22,11 +22,19 @@ local function ready_member(due_ms, seq, id)
 end
 local MEMBER_HEAD = 33 -- length of '<due>:<seq>:'
 
+-- What this call quarantined, as entry, reason pairs: scripts return it so the client logs it.
+local quarantined_now = {}
+
 local function quarantine(entry, reason, now_ms)
   redis.call('LPUSH', quarantine_key,
     cjson.encode({entry = entry, reason = reason, at_ms = now_ms}))
   redis.call('LTRIM', quarantine_key, 0, QUARANTINE_KEEP - 1)
+  quarantined_now[#quarantined_now + 1] = entry
+  quarantined_now[#quarantined_now + 1] = reason
 end
+
+local STATUSES = {PENDING = true, PROCESSING = true, COMPLETED = true, FAILED = true,
+  CANCELLED = true, DEAD = true}
 
 -- Garbage written over one of the queue's own keys must not wedge every worker: move the key
 -- aside (recorded in the quarantine list) so the queue starts over with an empty structure.

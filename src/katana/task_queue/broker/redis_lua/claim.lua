@@ -1,7 +1,7 @@
 -- Record a consumer's pending outcomes, then claim up to `count` due tasks for it, in one
 -- round trip. ARGV: prefix, now_ms, count, lease_ms, token_base, then five values per outcome
--- (see apply_outcomes). Returns {next_due_ms or '', outcome codes, record, record, ...}: each
--- record is the task's HGETALL followed by 'id', id.
+-- (see apply_outcomes). Returns {next_due_ms or '', outcome codes, quarantined entry/reason
+-- pairs, record, record, ...}: each record is the task's HGETALL followed by 'id', id.
 local now_ms = tonumber(ARGV[2])
 local count = tonumber(ARGV[3])
 local lease_ms = tonumber(ARGV[4])
@@ -43,9 +43,14 @@ while n < count do
       quarantine(member, 'malformed ready entry', now_ms)
     else
       local key = task_record(id, member, now_ms)
-      -- An entry whose task left the queue meanwhile (e.g. cancelled) is dropped.
-      if key and redis.call('HGET', key, 'status') == 'PENDING'
-          and redis.call('HGET', key, 'member') == member then
+      local status = key and redis.call('HGET', key, 'status')
+      if key and not STATUSES[status] then
+        redis.call('RENAME', key, key .. ':quarantined')
+        quarantine(id, 'task record has an unknown status: ' .. tostring(status), now_ms)
+      elseif key and (status ~= 'PENDING' or redis.call('HGET', key, 'member') ~= member) then
+        -- Every transition out of PENDING removes the ready entry, so this one is stray.
+        quarantine(member, 'stray ready entry for a task in status ' .. status, now_ms)
+      elseif key then
         n = n + 1
         local token = token_base .. ':' .. n
         redis.call('HINCRBY', key, 'attempts', 1)
@@ -64,8 +69,8 @@ while n < count do
 end
 
 local next_due = redis.call('ZRANGE', delayed_key, 0, 0, 'WITHSCORES')
-local result = {next_due[2] or '', codes}
+local result = {next_due[2] or '', codes, quarantined_now}
 for i = 1, #claimed do
-  result[i + 2] = claimed[i]
+  result[i + 3] = claimed[i]
 end
 return result

@@ -28,4 +28,4 @@ for base = 3, #ARGV, 7 do
 end
 -- Every enqueue wakes the consumers: a delayed task may now be the next one due.
 redis.call('PUBLISH', wake_channel, due_now)
-return due_now
+return quarantined_now

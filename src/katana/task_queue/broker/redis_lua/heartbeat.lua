@@ -1,6 +1,6 @@
 -- Renew the leases this process holds, then hand expired leases (of any process) back.
 -- ARGV: prefix, now_ms, lease_ms, max_deliveries, then pairs of id, claim_token.
--- Returns {lost ids..., '|', requeued count, dead ids...}.
+-- Returns {lost ids..., '|', requeued count, quarantined entry/reason pairs, dead ids...}.
 local now_ms = tonumber(ARGV[2])
 local lease_ms = tonumber(ARGV[3])
 local max_deliveries = tonumber(ARGV[4])
@@ -49,6 +49,7 @@ if requeued > 0 then
   redis.call('PUBLISH', wake_channel, requeued)
 end
 result[#result + 1] = requeued
+result[#result + 1] = quarantined_now
 for i = 1, #dead do
   result[#result + 1] = dead[i]
 end
