@@ -17,7 +17,7 @@ from .errors import ServiceStateError, UnknownTaskError
 from .models import Task, TaskExecutor, TaskStatus, new_pending_task, utcnow
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from .broker.base import AbstractBroker
 
@@ -110,7 +110,7 @@ class TaskQueueService:
         )
         return task
 
-    async def add_tasks(self, tasks: list[tuple[str, dict[str, Any] | None]]) -> list[Task]:
+    async def add_tasks(self, tasks: Iterable[tuple[str, Mapping[str, Any] | None]]) -> list[Task]:
         """Create and enqueue several ``(name, payload)`` tasks at default priority and delay.
 
         Every task is validated before any is enqueued.

@@ -140,6 +140,11 @@ class RedisBroker(AbstractBroker):
         self._waiters: deque[asyncio.Future[Task]] = deque()
         self._buffer: deque[Task] = deque()
         self._held: dict[str, str] = {}
+        self._held_empty = asyncio.Event()
+        self._held_empty.set()
+        # The last claim's mode: b"exclusive" (we hold a suspect task, alone) or
+        # b"suspect_waiting" (a suspect waits for a consumer that holds nothing).
+        self._claim_mode = b""
         self._demand = asyncio.Event()
         self._wake = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -240,6 +245,7 @@ class RedisBroker(AbstractBroker):
         self._closing = True
         self._demand.set()
         self._wake.set()
+        self._held_empty.set()
         pending = {task for task in self._background if not task.done()}
         while pending:
             for task in pending:
@@ -309,7 +315,13 @@ class RedisBroker(AbstractBroker):
     async def _claim(self, count: int) -> tuple[float | None, list[Task]]:
         """Claim up to ``count`` tasks, writing the queued outcomes in the same round trip."""
         batch = self._take_outcomes()
-        args: list[Any] = [self._now_ms(), count, int(self.lease_seconds * 1000), new_task_id()]
+        args: list[Any] = [
+            self._now_ms(),
+            count,
+            int(self.lease_seconds * 1000),
+            new_task_id(),
+            0 if self._held else 1,  # holding nothing: may take a suspect task
+        ]
         for outcome in batch:
             args.extend(outcome.values)
         try:
@@ -319,14 +331,23 @@ class RedisBroker(AbstractBroker):
             raise
         self._resolve(batch, reply[1])
         self._log_quarantined(reply[2])
+        self._claim_mode = reply[3]
         next_due = float(reply[0]) / 1000 if reply[0] else None
         tasks = []
-        for record in reply[3:]:
+        for record in reply[4:]:
             task = await self._decode_claimed(record)
             if task is not None:
                 self._held[task.id] = task.claim_token or ""
+                self._held_empty.clear()
                 tasks.append(task)
         return next_due, tasks
+
+    def _release(self, task_id: str, claim_token: str) -> None:
+        """Stop renewing the claim (its outcome is being written, or it was lost)."""
+        if not claim_token or self._held.get(task_id) == claim_token:
+            self._held.pop(task_id, None)
+            if not self._held:
+                self._held_empty.set()
 
     async def _decode_claimed(self, record: list[bytes]) -> Task | None:
         fields = dict(zip(record[::2], record[1::2], strict=True))
@@ -372,14 +393,19 @@ class RedisBroker(AbstractBroker):
             if wanted == 0 or self._stopping():
                 self._demand.clear()
                 continue
+            if self._claim_mode and self._held:
+                # A suspect task runs alone: finish what we hold before claiming more.
+                await self._held_empty.wait()
+                continue
             self._wake.clear()
             try:
                 next_due, tasks = await self._claim(min(wanted, self._claim_batch))
-            except BrokerError as exc:
+            except Exception as exc:
                 logger.warning(
                     "cannot claim tasks (%s); retrying in %.2fs",
                     exc,
                     backoff,
+                    exc_info=not isinstance(exc, BrokerError),
                     extra={"katana_event": "broker_error"},
                 )
                 await asyncio.sleep(backoff)
@@ -450,10 +476,13 @@ class RedisBroker(AbstractBroker):
             args += [task_id, token]
         reply = await self._run("heartbeat", args)
         split = reply.index(b"|")
+        renewed = dict(held)
         for raw_id in reply[:split]:
             task_id = raw_id.decode()
-            if self._held.get(task_id) == dict(held).get(task_id):
-                self._held.pop(task_id, None)
+            token = renewed.get(task_id, "")
+            if self._held.get(task_id) != token:
+                continue  # its outcome was handed over meanwhile: finished, not lost
+            self._release(task_id, token)
             logger.warning(
                 "lost the claim on task %s: its lease expired and it belongs to another worker now",
                 task_id,
@@ -483,6 +512,7 @@ class RedisBroker(AbstractBroker):
         self._ensure_open()
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._outcomes.append(_Outcome([op, task_id, claim_token or "", a, b], future))
+        self._release(task_id, claim_token or "")
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._start_flush)
@@ -500,9 +530,6 @@ class RedisBroker(AbstractBroker):
     def _resolve(self, batch: list[_Outcome], codes: list[int] | BaseException) -> None:
         """Settle the futures of written outcomes: True, False (claim lost) or KeyError."""
         for index, outcome in enumerate(batch):
-            task_id, token = outcome.values[1], outcome.values[2]
-            if self._held.get(task_id) == token or not token:
-                self._held.pop(task_id, None)
             future = outcome.future
             if future.done():
                 continue
@@ -511,7 +538,7 @@ class RedisBroker(AbstractBroker):
                     codes if isinstance(codes, Exception) else BrokerError("write interrupted")
                 )
             elif int(codes[index]) < 0:
-                future.set_exception(KeyError(task_id))
+                future.set_exception(KeyError(outcome.values[1]))
             else:
                 future.set_result(int(codes[index]) == 1)
 
@@ -578,7 +605,7 @@ class RedisBroker(AbstractBroker):
         if code < 0:
             raise KeyError(task_id)
         if status is not TaskStatus.PROCESSING:
-            self._held.pop(task_id, None)
+            self._release(task_id, "")
 
     # -- reading -------------------------------------------------------------------------
 

@@ -1,16 +1,24 @@
 -- Record a consumer's pending outcomes, then claim up to `count` due tasks for it, in one
--- round trip. ARGV: prefix, now_ms, count, lease_ms, token_base, then five values per outcome
--- (see apply_outcomes). Returns {next_due_ms or '', outcome codes, quarantined entry/reason
--- pairs, record, record, ...}: each record is the task's HGETALL followed by 'id', id.
+-- round trip. ARGV: prefix, now_ms, count, lease_ms, token_base, exclusive, then five values
+-- per outcome (see apply_outcomes). Returns {next_due_ms or '', outcome codes, quarantined
+-- entry/reason pairs, mode, record, record, ...}: each record is the task's HGETALL followed
+-- by 'id', id.
+--
+-- A suspect task (its worker died while it ran) may be what kills workers, so it never
+-- shares a process with other tasks: it is claimed only by a consumer that holds nothing
+-- (exclusive = '1'), alone (mode 'exclusive'). A busy consumer that meets one stops claiming
+-- (mode 'suspect_waiting') so that it drains and can take it.
 local now_ms = tonumber(ARGV[2])
 local count = tonumber(ARGV[3])
 local lease_ms = tonumber(ARGV[4])
 local token_base = ARGV[5]
+local exclusive = ARGV[6] == '1'
+local mode = ''
 local now_s = string.format('%.6f', now_ms / 1000)
 ensure_type(ready_key, 'zset', now_ms)
 ensure_type(delayed_key, 'zset', now_ms)
 ensure_type(processing_key, 'zset', now_ms)
-local codes = apply_outcomes(6, #ARGV, now_ms)
+local codes = apply_outcomes(7, #ARGV, now_ms)
 
 -- Delayed tasks that came due join the ready set, ordered by their due time.
 local due = redis.call('ZRANGEBYSCORE', delayed_key, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, 1000)
@@ -30,47 +38,68 @@ end
 
 local claimed = {}
 local n = 0
-while n < count do
+
+-- Claim one popped ready entry, quarantine it, or give it back; updates n and mode.
+local function take(member, score)
+  local id = string.sub(member, MEMBER_HEAD + 1)
+  if #member <= MEMBER_HEAD or not string.match(string.sub(member, 1, MEMBER_HEAD),
+      '^%d+:%d+:$') then
+    quarantine(member, 'malformed ready entry', now_ms)
+    return
+  end
+  local key = task_record(id, member, now_ms)
+  if not key then
+    return
+  end
+  local status = redis.call('HGET', key, 'status')
+  if not STATUSES[status] then
+    redis.call('RENAME', key, key .. ':quarantined')
+    quarantine(id, 'task record has an unknown status: ' .. tostring(status), now_ms)
+    return
+  end
+  if status ~= 'PENDING' or redis.call('HGET', key, 'member') ~= member then
+    -- Every transition out of PENDING removes the ready entry, so this one is stray.
+    quarantine(member, 'stray ready entry for a task in status ' .. status, now_ms)
+    return
+  end
+  if redis.call('HGET', key, 'suspect') then
+    if not (exclusive and n == 0) then
+      redis.call('ZADD', ready_key, score, member)
+      mode = 'suspect_waiting'
+      return
+    end
+    mode = 'exclusive'
+  end
+  n = n + 1
+  redis.call('HINCRBY', key, 'attempts', 1)
+  redis.call('HINCRBY', key, 'deliveries', 1)
+  redis.call('HSET', key, 'status', 'PROCESSING', 'started_at', now_s,
+    'claim_token', token_base .. ':' .. n)
+  redis.call('HDEL', key, 'finished_at', 'member')
+  redis.call('ZADD', processing_key, now_ms + lease_ms, id)
+  local record = redis.call('HGETALL', key)
+  record[#record + 1] = 'id'
+  record[#record + 1] = id
+  claimed[#claimed + 1] = record
+end
+
+while n < count and mode == '' do
   local popped = redis.call('ZPOPMIN', ready_key, count - n)
   if #popped == 0 then
     break
   end
   for i = 1, #popped, 2 do
-    local member = popped[i]
-    local id = string.sub(member, MEMBER_HEAD + 1)
-    if #member <= MEMBER_HEAD or not string.match(string.sub(member, 1, MEMBER_HEAD),
-        '^%d+:%d+:$') then
-      quarantine(member, 'malformed ready entry', now_ms)
+    if mode == '' then
+      take(popped[i], popped[i + 1])
     else
-      local key = task_record(id, member, now_ms)
-      local status = key and redis.call('HGET', key, 'status')
-      if key and not STATUSES[status] then
-        redis.call('RENAME', key, key .. ':quarantined')
-        quarantine(id, 'task record has an unknown status: ' .. tostring(status), now_ms)
-      elseif key and (status ~= 'PENDING' or redis.call('HGET', key, 'member') ~= member) then
-        -- Every transition out of PENDING removes the ready entry, so this one is stray.
-        quarantine(member, 'stray ready entry for a task in status ' .. status, now_ms)
-      elseif key then
-        n = n + 1
-        local token = token_base .. ':' .. n
-        redis.call('HINCRBY', key, 'attempts', 1)
-        redis.call('HINCRBY', key, 'deliveries', 1)
-        redis.call('HSET', key, 'status', 'PROCESSING', 'started_at', now_s,
-          'claim_token', token)
-        redis.call('HDEL', key, 'finished_at', 'member')
-        redis.call('ZADD', processing_key, now_ms + lease_ms, id)
-        local record = redis.call('HGETALL', key)
-        record[#record + 1] = 'id'
-        record[#record + 1] = id
-        claimed[#claimed + 1] = record
-      end
+      redis.call('ZADD', ready_key, popped[i + 1], popped[i])  -- stopped: give the rest back
     end
   end
 end
 
 local next_due = redis.call('ZRANGE', delayed_key, 0, 0, 'WITHSCORES')
-local result = {next_due[2] or '', codes, quarantined_now}
+local result = {next_due[2] or '', codes, quarantined_now, mode}
 for i = 1, #claimed do
-  result[i + 3] = claimed[i]
+  result[i + 4] = claimed[i]
 end
 return result

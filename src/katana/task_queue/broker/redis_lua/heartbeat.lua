@@ -36,7 +36,8 @@ for _, id in ipairs(expired) do
         'renewing its lease before the task finished')
       dead[#dead + 1] = id
     else
-      redis.call('HSET', key, 'status', 'PENDING')
+      -- Suspect from now on: it may be what killed the worker, so it is claimed alone.
+      redis.call('HSET', key, 'status', 'PENDING', 'suspect', 1)
       local scheduled = tonumber(redis.call('HGET', key, 'scheduled_at')) or (now_ms / 1000)
       -- Back at its original due time, so it runs before tasks that arrived after it.
       place(key, id, tonumber(redis.call('HGET', key, 'priority')) or 0,

@@ -1,0 +1,524 @@
+"""`katana worker` processes on a real Redis: SIGKILL chaos, a poison pill, SIGTERM, CLI basics."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis.asyncio as aioredis
+
+from katana.task_queue import __version__
+from katana.task_queue.models import TERMINAL_STATUSES, TaskStatus
+
+from ._processes import POLL_SECONDS, WorkerProcess, WorkerProcesses, read_until, wait_until
+from .chaos_app import (
+    LedgerBroker,
+    LedgerEntry,
+    build_service,
+    ledger_key,
+    parse_ledger,
+    starts_key,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+    from pathlib import Path
+
+    from katana.task_queue.service import TaskQueueService
+
+pytestmark = pytest.mark.usefixtures("redis_url")
+
+logger = logging.getLogger(__name__)
+
+#: Extra seconds allowed for anything another process does on this (loaded, 2-core) machine.
+SLACK = 5.0
+#: How long a worker process may take to start, import the app and connect.
+STARTUP_SECONDS = 20.0
+
+
+@dataclass
+class Chaos:
+    """One queue, the chaos app's service on it, its ledger, and the CLI workers serving it."""
+
+    queue: str
+    service: TaskQueueService
+    workers: WorkerProcesses
+    redis: aioredis.Redis = field(repr=False)
+
+    @property
+    def broker(self) -> LedgerBroker:
+        broker = self.service.broker
+        assert isinstance(broker, LedgerBroker)
+        return broker
+
+    def start_worker(self, *args: str) -> WorkerProcess:
+        return self.workers.start("--log-level", "WARNING", *args)
+
+    async def ledger(self) -> list[LedgerEntry]:
+        raw = await self.redis.lrange(ledger_key(self.queue), 0, -1)
+        return parse_ledger(raw)
+
+    async def starts_by(self, pid: int) -> int:
+        raw = await self.redis.hget(starts_key(self.queue), str(pid))
+        return int(raw or 0)
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        return await self.broker.count_by_status()
+
+    async def wait_for_starts(self, count: int, timeout: float) -> list[LedgerEntry]:
+        """Wait until executors have started ``count`` tasks; returns those start entries."""
+
+        async def started() -> bool:
+            return len([e for e in await self.ledger() if e.event == "start"]) >= count
+
+        await wait_until(started, timeout, f"{count} executors to start")
+        return [entry for entry in await self.ledger() if entry.event == "start"]
+
+    async def close(self) -> None:
+        try:
+            self.workers.stop_all()
+            await self.broker.purge()
+            await self.redis.delete(ledger_key(self.queue), starts_key(self.queue))
+        finally:
+            await self.broker.close()
+            await self.redis.aclose()
+
+
+@pytest.fixture
+async def make_chaos(
+    redis_url: str, queue_name: str, tmp_path: Path
+) -> AsyncIterator[Callable[..., Chaos]]:
+    """Makes the test's Chaos; kills its workers and deletes its keys at the end."""
+    made: list[Chaos] = []
+
+    def make(lease_seconds: float, heartbeat_seconds: float | None = None) -> Chaos:
+        heartbeat = heartbeat_seconds if heartbeat_seconds is not None else lease_seconds / 3
+        service = build_service(
+            redis_url, queue_name, lease_seconds=lease_seconds, heartbeat_seconds=heartbeat
+        )
+        env = {
+            "CHAOS_REDIS_URL": redis_url,
+            "CHAOS_QUEUE": queue_name,
+            "CHAOS_LEASE": str(lease_seconds),
+            "CHAOS_HEARTBEAT": str(heartbeat),
+        }
+        chaos = Chaos(
+            queue=queue_name,
+            service=service,
+            workers=WorkerProcesses(tmp_path, env),
+            redis=aioredis.Redis.from_url(redis_url),
+        )
+        made.append(chaos)
+        return chaos
+
+    try:
+        yield make
+    finally:
+        for chaos in made:
+            await chaos.close()
+
+
+def _is_clean(counts: dict[TaskStatus, int], completed: int) -> bool:
+    return counts == {**dict.fromkeys(TaskStatus, 0), TaskStatus.COMPLETED: completed}
+
+
+# -- 1. SIGKILL chaos ---------------------------------------------------------------------------
+
+CHAOS_TASKS = 10_000
+CHAOS_WORKERS = 4
+CHAOS_CONCURRENCY = 8
+CHAOS_KILLS = 3
+CHAOS_LEASE = 2.0
+CHAOS_HEARTBEAT = 0.5
+CHAOS_SEED = 20_261_127
+
+
+@dataclass
+class LedgerReport:
+    """What the ledger says about who ran what, given which workers were killed when."""
+
+    starts: dict[str, list[LedgerEntry]]
+    #: Tasks whose executor started more than once.
+    rerun: set[str]
+    #: Killed pid -> tasks it was running when it died: these must run again.
+    interrupted: dict[int, set[str]]
+    #: Killed pid -> tasks it finished but died before Redis recorded: these may run again.
+    unrecorded: dict[int, set[str]]
+    acks: collections.Counter[str]
+    #: Seconds from each kill to the next start, elsewhere, of each task it interrupted.
+    rerun_delays: list[float]
+
+    @property
+    def all_interrupted(self) -> set[str]:
+        return set().union(*self.interrupted.values())
+
+    @property
+    def all_unrecorded(self) -> set[str]:
+        return set().union(*self.unrecorded.values())
+
+
+def _read_ledger(entries: list[LedgerEntry], kills: dict[int, float]) -> LedgerReport:
+    starts: dict[str, list[LedgerEntry]] = collections.defaultdict(list)
+    finished: set[tuple[str, int]] = set()
+    acked: set[tuple[str, int]] = set()
+    acks: collections.Counter[str] = collections.Counter()
+    for entry in entries:
+        if entry.event == "start":
+            starts[entry.task_id].append(entry)
+        elif entry.event == "done":
+            finished.add((entry.task_id, entry.pid))
+        else:
+            acked.add((entry.task_id, entry.pid))
+            acks[entry.task_id] += 1
+    rerun = {task_id for task_id, runs in starts.items() if len(runs) > 1}
+    interrupted: dict[int, set[str]] = {pid: set() for pid in kills}
+    unrecorded: dict[int, set[str]] = {pid: set() for pid in kills}
+    delays: list[float] = []
+    for task_id, runs in starts.items():
+        for index, run in enumerate(runs):
+            if run.pid not in kills or (task_id, run.pid) in acked:
+                continue
+            if (task_id, run.pid) not in finished:
+                interrupted[run.pid].add(task_id)
+            elif task_id in rerun:
+                unrecorded[run.pid].add(task_id)
+            later = [other for other in runs[index + 1 :] if other.pid != run.pid]
+            if later:
+                delays.append(later[0].time - kills[run.pid])
+    return LedgerReport(dict(starts), rerun, interrupted, unrecorded, acks, delays)
+
+
+async def _warm_victim(
+    chaos: Chaos, workers: list[WorkerProcess], rng: random.Random
+) -> WorkerProcess | None:
+    """A random running worker that has started tasks, so killing it interrupts some."""
+    warm = [worker for worker in workers if await chaos.starts_by(worker.pid) > 0]
+    return rng.choice(warm) if warm else None
+
+
+@pytest.mark.timeout(180)
+async def test_sigkilled_workers_lose_no_task_and_only_their_tasks_run_twice(
+    make_chaos: Callable[..., Chaos], record_property: Callable[[str, object], None]
+) -> None:
+    chaos = make_chaos(CHAOS_LEASE, CHAOS_HEARTBEAT)
+    # Given 10,000 short tasks and four CLI workers with a 2 s lease, renewed every 0.5 s
+    await chaos.service.add_tasks([("chaos", {"n": n}) for n in range(CHAOS_TASKS)])
+    options = ("-c", str(CHAOS_CONCURRENCY))
+    workers = [chaos.start_worker(*options) for _ in range(CHAOS_WORKERS)]
+    rng = random.Random(CHAOS_SEED)
+    kill_after = sorted(rng.sample(range(CHAOS_TASKS // 10, CHAOS_TASKS * 6 // 10), CHAOS_KILLS))
+    kills: dict[int, float] = {}
+
+    # When three of them, at random points, are killed with SIGKILL and each is replaced
+    deadline = time.monotonic() + 120
+    while True:
+        counts = await chaos.counts()
+        if sum(counts[status] for status in TERMINAL_STATUSES) == CHAOS_TASKS:
+            break
+        for worker in workers:
+            assert worker.alive(), f"worker {worker.pid} died on its own\n{worker.output()}"
+        if kill_after and counts[TaskStatus.COMPLETED] >= kill_after[0]:
+            victim = await _warm_victim(chaos, workers, rng)
+            if victim is not None:
+                victim.send(signal.SIGKILL)
+                kills[victim.pid] = time.time()
+                assert await victim.wait(10) == -signal.SIGKILL
+                workers[workers.index(victim)] = chaos.start_worker(*options)
+                kill_after.pop(0)
+        assert time.monotonic() < deadline, f"not done after 120 s: {counts}, kills {kills}"
+        await asyncio.sleep(POLL_SECONDS)
+
+    # Then every task completed, exactly once as far as Redis is concerned
+    assert len(kills) == CHAOS_KILLS
+    counts = await chaos.counts()
+    assert _is_clean(counts, CHAOS_TASKS), counts
+    for worker in workers:
+        worker.send(signal.SIGTERM)
+    for worker in workers:
+        assert await worker.wait(10 + SLACK) == 0, worker.output()
+
+    # And the tasks that ran twice are exactly those a killed worker had not finished, or had
+    # finished without its completion reaching Redis yet
+    report = _read_ledger(await chaos.ledger(), kills)
+    assert len(report.starts) == CHAOS_TASKS
+    interrupted, unrecorded = report.all_interrupted, report.all_unrecorded
+    assert interrupted <= report.rerun, "a task interrupted by a kill never ran again"
+    assert report.rerun <= interrupted | unrecorded, (
+        "a task ran twice though no killed worker had it: "
+        f"{sorted(report.rerun - interrupted - unrecorded)}"
+    )
+    assert max(report.acks.values()) == 1, "a completion was recorded twice"
+    killed_starts = {
+        task_id for task_id, runs in report.starts.items() if any(r.pid in kills for r in runs)
+    }
+    assert set(report.starts) - set(report.acks) <= killed_starts
+    per_kill = {pid: (len(report.interrupted[pid]), len(report.unrecorded[pid])) for pid in kills}
+    assert all(running <= CHAOS_CONCURRENCY for running, _ in per_kill.values()), per_kill
+    duplicates = len(report.rerun)
+    assert duplicates <= CHAOS_KILLS * CHAOS_CONCURRENCY, per_kill
+
+    # And each interrupted task ran again within a lease and two heartbeats of the kill
+    limit = CHAOS_LEASE + 2 * CHAOS_HEARTBEAT + SLACK
+    assert len(report.rerun_delays) >= len(interrupted)
+    assert all(0 < delay <= limit for delay in report.rerun_delays), report.rerun_delays
+    record_property("duplicates", duplicates)
+    record_property("rerun_delays", [round(delay, 3) for delay in report.rerun_delays])
+    logger.info(
+        "chaos: %d kills, %d tasks ran twice; (interrupted, finished but unrecorded) per kill: "
+        "%s; re-run %.2f-%.2f s after the kill",
+        len(kills),
+        duplicates,
+        list(per_kill.values()),
+        min(report.rerun_delays, default=0.0),
+        max(report.rerun_delays, default=0.0),
+    )
+
+
+# -- 2. A poison pill ---------------------------------------------------------------------------
+
+POISON_NEIGHBOURS = 1_000
+POISON_LEASE = 1.0
+POISON_HEARTBEAT = 0.25
+
+
+async def _supervise(
+    chaos: Chaos, workers: list[WorkerProcess], options: tuple[str, ...], total: int
+) -> list[tuple[int, int]]:
+    """Replace each worker that dies until ``total`` tasks are finished; returns the dead
+    workers' (pid, exit code), including those that died after the last task finished."""
+    died: list[tuple[int, int]] = []
+    deadline = time.monotonic() + 60
+    while True:
+        counts = await chaos.counts()
+        finished = sum(counts[status] for status in TERMINAL_STATUSES) == total
+        for index, worker in enumerate(workers):
+            code = worker.popen.poll()
+            if code is not None:
+                died.append((worker.pid, code))
+                workers[index] = chaos.start_worker(*options)
+        if finished:
+            return died
+        assert time.monotonic() < deadline, f"not done after 60 s: {counts}, deaths {died}"
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def _assert_poison_dead(chaos: Chaos, poison_id: str, died: list[tuple[int, int]]) -> None:
+    """The poison pill is DEAD after three deliveries, each of which cost a worker its life."""
+    task = await chaos.service.get_task(poison_id)
+    assert task is not None
+    assert (task.status, task.attempts) == (TaskStatus.DEAD, 3)
+    assert task.error is not None
+    assert task.error.startswith("WorkerLost: delivered 3 times"), task.error
+    runs = [e for e in await chaos.ledger() if e.event == "start" and e.task_id == poison_id]
+    assert len({run.pid for run in runs}) == len(runs) == 3
+    assert sorted(died) == sorted((run.pid, -signal.SIGKILL) for run in runs)
+
+
+@pytest.mark.timeout(90)
+async def test_a_task_that_kills_its_worker_is_dead_after_three_deliveries(
+    make_chaos: Callable[..., Chaos],
+) -> None:
+    chaos = make_chaos(POISON_LEASE, POISON_HEARTBEAT)
+    # Given a task that SIGKILLs whichever worker runs it, amid 1,000 ordinary tasks, and two
+    # workers running one task at a time (see the next test for what happens with more)
+    tasks: list[tuple[str, dict[str, Any] | None]] = [
+        ("chaos", {"n": n}) for n in range(POISON_NEIGHBOURS)
+    ]
+    tasks.insert(POISON_NEIGHBOURS // 2, ("poison", None))
+    created = await chaos.service.add_tasks(tasks)
+    options = ("-c", "1")
+    workers = [chaos.start_worker(*options) for _ in range(2)]
+
+    # When a supervisor replaces every worker that dies, until no task is left to run
+    died = await _supervise(chaos, workers, options, len(created))
+
+    # Then the poison pill is DEAD after exactly three deliveries, and every other task completed
+    await _assert_poison_dead(chaos, created[POISON_NEIGHBOURS // 2].id, died)
+    counts = await chaos.counts()
+    expected = {
+        **dict.fromkeys(TaskStatus, 0),
+        TaskStatus.COMPLETED: POISON_NEIGHBOURS,
+        TaskStatus.DEAD: 1,
+    }
+    assert counts == expected
+    for worker in workers:
+        worker.send(signal.SIGTERM)
+    for worker in workers:
+        assert await worker.wait(10 + SLACK) == 0, worker.output()
+
+
+@pytest.mark.timeout(90)
+async def test_tasks_claimed_alongside_a_poison_pill_do_not_share_its_fate(
+    make_chaos: Callable[..., Chaos],
+) -> None:
+    chaos = make_chaos(POISON_LEASE, POISON_HEARTBEAT)
+    # Given a poison pill queued just before three 0.5 s tasks, and one worker at a time
+    # running four tasks at once, so that it claims all four in one go
+    created = await chaos.service.add_tasks([("poison", None)] + [("sleep", {"seconds": 0.5})] * 3)
+    options = ("-c", "4")
+    workers = [chaos.start_worker(*options)]
+
+    # When a supervisor replaces the worker whenever it dies, until no task is left to run
+    died = await _supervise(chaos, workers, options, len(created))
+
+    # Then the poison pill is DEAD, and the tasks that happened to run beside it completed
+    await _assert_poison_dead(chaos, created[0].id, died)
+    workers[0].send(signal.SIGTERM)
+    assert await workers[0].wait(10 + SLACK) == 0, workers[0].output()
+    for task in created[1:]:
+        stored = await chaos.service.get_task(task.id)
+        assert stored is not None
+        assert stored.status is TaskStatus.COMPLETED, (stored.status, stored.error)
+
+
+# -- 3. SIGTERM ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_lets_running_tasks_finish_and_leaves_the_rest_queued(
+    make_chaos: Callable[..., Chaos],
+) -> None:
+    chaos = make_chaos(60.0)
+    # Given one worker running two 1 s tasks, with four more queued
+    created = await chaos.service.add_tasks([("sleep", {"seconds": 1.0})] * 6)
+    worker = chaos.start_worker("-c", "2", "--shutdown-timeout", "10")
+    running = {entry.task_id for entry in await chaos.wait_for_starts(2, STARTUP_SECONDS)}
+
+    # When it gets SIGTERM
+    stopped_at = time.monotonic()
+    worker.send(signal.SIGTERM)
+
+    # Then it exits 0 once the two tasks are done, well before the 10 s timeout
+    assert await worker.wait(10 + SLACK) == 0, worker.output()
+    assert time.monotonic() - stopped_at < 1.0 + SLACK
+    assert len(running) == 2
+    for task in created:
+        stored = await chaos.service.get_task(task.id)
+        assert stored is not None
+        if task.id in running:
+            assert (stored.status, stored.attempts) == (TaskStatus.COMPLETED, 1)
+        else:
+            assert (stored.status, stored.attempts) == (TaskStatus.PENDING, 0)
+    counts = await chaos.counts()
+    assert (counts[TaskStatus.PENDING], counts[TaskStatus.PROCESSING]) == (4, 0)
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_hands_tasks_still_running_after_the_timeout_back_at_once(
+    make_chaos: Callable[..., Chaos],
+) -> None:
+    # A 60 s lease: only the worker itself can have put the tasks back within the test
+    chaos = make_chaos(60.0)
+    # Given one worker running two 30 s tasks, with two more queued
+    created = await chaos.service.add_tasks([("sleep", {"seconds": 30.0})] * 4)
+    worker = chaos.start_worker("-c", "2", "--shutdown-timeout", "0.2")
+    running = {entry.task_id for entry in await chaos.wait_for_starts(2, STARTUP_SECONDS)}
+
+    # When it gets SIGTERM
+    stopped_at = time.monotonic()
+    worker.send(signal.SIGTERM)
+
+    # Then it exits 0 after the 0.2 s timeout, and the two tasks are PENDING again already
+    assert await worker.wait(0.2 + SLACK) == 0, worker.output()
+    assert time.monotonic() - stopped_at < 0.2 + SLACK
+    stored = {task.id: await chaos.service.get_task(task.id) for task in created}
+    counts = await chaos.counts()
+    assert (counts[TaskStatus.PENDING], counts[TaskStatus.PROCESSING]) == (4, 0)
+    for task_id, task in stored.items():
+        assert task is not None
+        assert task.status is TaskStatus.PENDING
+        assert task.claim_token is None
+        assert task.attempts == (1 if task_id in running else 0)
+    assert not [entry for entry in await chaos.ledger() if entry.event != "start"]
+
+
+# -- 4. CLI basics ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_burst_exits_0_once_the_queue_is_empty(make_chaos: Callable[..., Chaos]) -> None:
+    chaos = make_chaos(10.0)
+    await chaos.service.add_tasks([("chaos", {"n": n}) for n in range(200)])
+
+    worker = chaos.start_worker("-c", "4", "--burst")
+
+    assert await worker.wait(STARTUP_SECONDS + SLACK) == 0, worker.output()
+    assert _is_clean(await chaos.counts(), 200)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("app", "message"),
+    [
+        ("nosuchmodule:x", "cannot import 'nosuchmodule'"),
+        ("tests.integration.chaos_app:not_there", "'tests.integration.chaos_app' has no attribute"),
+        ("tests.integration.chaos_app", "expected module:attribute"),
+    ],
+)
+def test_a_bad_app_exits_non_zero_with_a_clear_message(
+    make_chaos: Callable[..., Chaos], app: str, message: str
+) -> None:
+    chaos = make_chaos(10.0)
+
+    finished = chaos.workers.run(app, timeout=STARTUP_SECONDS)
+
+    assert finished.returncode == 2
+    assert f"Invalid value for APP: {message}" in finished.stderr
+    assert "Traceback" not in finished.stderr
+
+
+@pytest.mark.timeout(60)
+def test_the_banner_shows_the_setup_with_the_password_masked(
+    make_chaos: Callable[..., Chaos], redis_url: str
+) -> None:
+    chaos = make_chaos(10.0)
+    parts = urlsplit(redis_url)
+    secret_url = urlunsplit(parts._replace(netloc=f":s3cret@{parts.hostname}:{parts.port or 6379}"))
+
+    worker = chaos.workers.start_piped(
+        "tests.integration.chaos_app:make_service",
+        "--broker",
+        secret_url,
+        "--queue",
+        chaos.queue,
+        "-c",
+        "3",
+    )
+    assert worker.stderr is not None
+    banner = read_until(worker.stderr, b"tasks:", STARTUP_SECONDS).decode()
+    banner += read_until(worker.stderr, b"\n", SLACK).decode()
+    worker.kill()
+
+    masked = secret_url.replace(":s3cret@", ":***@")
+    assert re.search(rf"^katana {re.escape(__version__)} worker on ", banner, re.MULTILINE)
+    assert "s3cret" not in banner
+    assert re.search(rf"broker: +RedisBroker {re.escape(masked)}$", banner, re.MULTILINE), banner
+    assert re.search(rf"queue: +{chaos.queue}$", banner, re.MULTILINE), banner
+    assert re.search(r"processes: +1 x concurrency 3$", banner, re.MULTILINE), banner
+    assert re.search(r"tasks: +chaos, poison, sleep$", banner, re.MULTILINE), banner
+
+
+@pytest.mark.timeout(90)
+async def test_two_processes_drain_the_queue_together_in_burst_mode(
+    make_chaos: Callable[..., Chaos],
+) -> None:
+    chaos = make_chaos(10.0)
+    # Given 80 tasks of 0.1 s: 4 s for one process at concurrency 2, so both get some
+    await chaos.service.add_tasks([("sleep", {"seconds": 0.1})] * 80)
+
+    parent = chaos.start_worker("-p", "2", "-c", "2", "--burst")
+
+    assert await parent.wait(2 * STARTUP_SECONDS + SLACK) == 0, parent.output()
+    assert _is_clean(await chaos.counts(), 80)
+    pids = {entry.pid for entry in await chaos.ledger() if entry.event == "start"}
+    assert len(pids) == 2
+    assert parent.pid not in pids
