@@ -110,7 +110,7 @@ class TaskQueueService:
         )
         return task
 
-    async def add_tasks(self, tasks: Iterable[tuple[str, Mapping[str, Any] | None]]) -> list[Task]:
+    async def add_tasks(self, tasks: Iterable[tuple[str, dict[str, Any] | None]]) -> list[Task]:
         """Create and enqueue several ``(name, payload)`` tasks at default priority and delay.
 
         Every task is validated before any is enqueued.
