@@ -60,6 +60,8 @@ _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 #: Idle consumers look at the queue at least this often, in case a wake-up was missed while
 #: the notification connection was down.
 _SAFETY_POLL_SECONDS = 1.0
+#: Longest an outcome waits for a claim to carry it before it is written on its own.
+_OUTCOME_FLUSH_DELAY_SECONDS = 0.002
 _BACKOFF_FIRST_SECONDS = 0.05
 _BACKOFF_MAX_SECONDS = 2.0
 
@@ -389,6 +391,8 @@ class RedisBroker(AbstractBroker):
         backoff = _BACKOFF_FIRST_SECONDS
         while not self._stopping():
             await self._demand.wait()
+            # Workers woken together finish together: let them all ask before claiming.
+            await asyncio.sleep(0)
             wanted = sum(1 for waiter in self._waiters if not waiter.done())
             if wanted == 0 or self._stopping():
                 self._demand.clear()
@@ -513,9 +517,16 @@ class RedisBroker(AbstractBroker):
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._outcomes.append(_Outcome([op, task_id, claim_token or "", a, b], future))
         self._release(task_id, claim_token or "")
+        if self._background:
+            # A consumer: the worker's next dequeue makes the fetcher claim, and that claim
+            # carries the outcome. The timer only writes what no claim took.
+            self._wake.set()
+            delay = _OUTCOME_FLUSH_DELAY_SECONDS
+        else:
+            delay = 0.0
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._start_flush)
+            asyncio.get_running_loop().call_later(delay, self._start_flush)
         return future
 
     def _start_flush(self) -> None:
