@@ -60,6 +60,9 @@ _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 #: Idle consumers look at the queue at least this often, in case a wake-up was missed while
 #: the notification connection was down.
 _SAFETY_POLL_SECONDS = 1.0
+_FETCH_LOOP = "katana-redis-fetch"
+#: How long close() lets a claim in flight finish before it cancels the fetch loop.
+_CLAIM_GRACE_SECONDS = 2.0
 #: Longest an outcome waits for a claim to carry it before it is written on its own.
 _OUTCOME_FLUSH_DELAY_SECONDS = 0.002
 _BACKOFF_FIRST_SECONDS = 0.05
@@ -249,6 +252,12 @@ class RedisBroker(AbstractBroker):
         self._wake.set()
         self._held_empty.set()
         pending = {task for task in self._background if not task.done()}
+        fetcher = next((task for task in pending if task.get_name() == _FETCH_LOOP), None)
+        if fetcher is not None:
+            # A claim in flight finishes, so its tasks land in the buffer and are handed back
+            # below, instead of waiting out their lease.
+            await asyncio.wait({fetcher}, timeout=_CLAIM_GRACE_SECONDS)
+            pending = {task for task in pending if not task.done()}
         while pending:
             for task in pending:
                 task.cancel()
@@ -309,7 +318,7 @@ class RedisBroker(AbstractBroker):
         if self._background:
             return
         self._background = [
-            asyncio.create_task(self._fetch_loop(), name="katana-redis-fetch"),
+            asyncio.create_task(self._fetch_loop(), name=_FETCH_LOOP),
             asyncio.create_task(self._heartbeat_loop(), name="katana-redis-heartbeat"),
             asyncio.create_task(self._listen_loop(), name="katana-redis-wake"),
         ]
