@@ -5,6 +5,8 @@ KatanaError
 ├── UnknownTaskError(KatanaError, ValueError)     add_task() with an unregistered name
 ├── InvalidTaskError(KatanaError, ValueError)     bad priority / delay, or a payload that isn't JSON
 ├── ServiceStateError(KatanaError, RuntimeError)  e.g. start_workers() after shutdown()
+├── TaskTimeoutError(KatanaError, TimeoutError)   an attempt ran past its timeout_seconds
+├── Retry                                         raised by an executor: "run me again later"
 └── BrokerError
     ├── BrokerUnavailableError                    the backend cannot be reached
     └── BrokerClosedError                         the broker was used after close(): a caller bug
@@ -19,7 +21,9 @@ __all__ = [
     "BrokerUnavailableError",
     "InvalidTaskError",
     "KatanaError",
+    "Retry",
     "ServiceStateError",
+    "TaskTimeoutError",
     "UnknownTaskError",
 ]
 
@@ -50,3 +54,20 @@ class BrokerUnavailableError(BrokerError):
 
 class BrokerClosedError(BrokerError):
     """The broker was used after ``close()``."""
+
+
+class TaskTimeoutError(KatanaError, TimeoutError):
+    """An attempt ran longer than the task's ``timeout_seconds`` and was cancelled."""
+
+
+class Retry(KatanaError):  # control flow, named for what the executor asks
+    """Raised by an executor to ask for another attempt, after ``delay_seconds`` if given.
+
+    It counts as a failed attempt: once ``max_retries`` are used up the task is FAILED.
+    """
+
+    def __init__(self, message: str = "", *, delay_seconds: float | None = None) -> None:
+        super().__init__(message or "the executor asked to run again")
+        if delay_seconds is not None and not 0 <= delay_seconds < float("inf"):
+            raise ValueError(f"delay_seconds must be a finite number >= 0, got {delay_seconds!r}")
+        self.delay_seconds = delay_seconds

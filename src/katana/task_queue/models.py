@@ -16,6 +16,7 @@ __all__ = [
     "Task",
     "TaskExecutor",
     "TaskStatus",
+    "attempt_error",
     "new_pending_task",
     "new_task_id",
     "utcnow",
@@ -78,6 +79,12 @@ class Task:
     #: Identifies the current claim of a PROCESSING task; brokers with leases use it to fence
     #: out a worker that lost its claim. ``None`` while nobody holds the task.
     claim_token: str | None = None
+    #: How many failed attempts are retried (so at most ``1 + max_retries`` attempts).
+    max_retries: int = 0
+    #: An attempt running longer is cancelled and counts as failed; ``None``: no limit.
+    timeout_seconds: float | None = None
+    #: One entry per failed attempt, oldest first: ``attempt``, ``error``, ``traceback``, ``at``.
+    errors: list[dict[str, Any]] = field(default_factory=list)
 
     def copy(self) -> Task:
         """A copy that shares no mutable state with this task (payload and result included)."""
@@ -104,6 +111,10 @@ class Task:
         clone.started_at = self.started_at
         clone.finished_at = self.finished_at
         clone.claim_token = self.claim_token
+        clone.max_retries = self.max_retries
+        clone.timeout_seconds = self.timeout_seconds
+        errors = self.errors
+        clone.errors = orjson.loads(orjson.dumps(errors)) if errors else []
         return clone
 
 
@@ -113,6 +124,8 @@ def new_pending_task(
     priority: int,
     created_at: datetime,
     scheduled_at: datetime,
+    max_retries: int = 0,
+    timeout_seconds: float | None = None,
 ) -> Task:
     """A fresh PENDING task with a new id, built without the dataclass ``__init__``.
 
@@ -131,7 +144,15 @@ def new_pending_task(
     task.result = task.error = task.traceback = None
     task.started_at = task.finished_at = None
     task.claim_token = None
+    task.max_retries = max_retries
+    task.timeout_seconds = timeout_seconds
+    task.errors = []
     return task
+
+
+def attempt_error(attempt: int, error: str, traceback: str | None, at: datetime) -> dict[str, Any]:
+    """The entry ``Task.errors`` keeps for a failed attempt."""
+    return {"attempt": attempt, "error": error, "traceback": traceback, "at": at.isoformat()}
 
 
 _new_object = object.__new__

@@ -23,7 +23,7 @@ def epoch_ms(moment: datetime) -> int:
 
 
 def encode_new_task(task: Task) -> list[Any]:
-    """The seven values ``enqueue.lua`` takes for one task."""
+    """The nine values ``enqueue.lua`` takes for one task."""
     return [
         task.id,
         task.name,
@@ -32,6 +32,8 @@ def encode_new_task(task: Task) -> list[Any]:
         repr(task.created_at.timestamp()),
         repr(task.scheduled_at.timestamp()),
         epoch_ms(task.scheduled_at),
+        task.max_retries,
+        "" if task.timeout_seconds is None else repr(task.timeout_seconds),
     ]
 
 
@@ -52,6 +54,10 @@ def decode_task(fields: dict[bytes, bytes], task_id: str) -> Task:
         started_at = _optional_instant(fields.get(b"started_at"))
         finished_at = _optional_instant(fields.get(b"finished_at"))
         claim_token = _text(fields.get(b"claim_token"))
+        max_retries = int(fields.get(b"max_retries", b"0"))
+        raw_timeout = fields.get(b"timeout_seconds")
+        timeout_seconds = None if raw_timeout is None else float(raw_timeout)
+        errors = _attempt_errors(fields)
     except KeyError as exc:
         raise MalformedRecordError(f"missing or invalid field {exc}") from exc
     except (ValueError, TypeError, OverflowError) as exc:  # orjson errors are ValueErrors
@@ -73,8 +79,25 @@ def decode_task(fields: dict[bytes, bytes], task_id: str) -> Task:
         started_at=started_at,
         finished_at=finished_at,
         claim_token=claim_token,
+        max_retries=max_retries,
+        timeout_seconds=timeout_seconds,
+        errors=errors,
     )
     return task
+
+
+def _attempt_errors(fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
+    """The ``err:<attempt>`` fields, oldest attempt first."""
+    entries = []
+    for name, raw in fields.items():
+        if name.startswith(b"err:"):
+            entry = orjson.loads(raw)
+            if type(entry) is not dict:
+                raise ValueError(f"{name.decode(errors='replace')} is not a JSON object")
+            attempt = int(name[4:])
+            entry["attempt"] = attempt  # the field name is the record's word for it
+            entries.append((attempt, entry))
+    return [entry for _, entry in sorted(entries, key=lambda pair: pair[0])]
 
 
 def _instant(raw: bytes) -> datetime:

@@ -113,16 +113,23 @@ class AbstractBroker(ABC):
         traceback: str | None = None,
         claim_token: str | None = None,
     ) -> bool:
-        """Record a final failure; returns ``False`` if the claim was lost."""
+        """Record a final failure (also added to ``errors``); ``False`` if the claim was lost."""
 
     @abstractmethod
     async def requeue(
-        self, task_id: str, *, delay_seconds: float = 0.0, claim_token: str | None = None
+        self,
+        task_id: str,
+        *,
+        delay_seconds: float = 0.0,
+        claim_token: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
     ) -> bool:
         """Hand a claimed task back to the queue as PENDING, due after ``delay_seconds``.
 
-        Used when a worker stops before the task finished. Returns ``False`` if the claim was
-        lost (the task already belongs to someone else).
+        Used when a worker stops before the task finished, and to retry a failed attempt: then
+        ``error`` (and ``traceback``) are added to the task's ``errors`` and set as its last
+        error. Returns ``False`` if the claim was lost (the task belongs to someone else).
         """
 
     @abstractmethod

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import BrokerClosedError
-from ..models import TERMINAL_STATUSES, Task, TaskStatus, utcnow
+from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error, utcnow
 from .base import AbstractBroker
 
 if TYPE_CHECKING:
@@ -255,22 +255,35 @@ class InMemoryBroker(AbstractBroker):
             return False
         self._queued.pop(task_id, None)
         self._set_status(task, TaskStatus.FAILED)
-        task.error = error
-        task.traceback = traceback
+        self._record_error(task, error, traceback)
         task.claim_token = None
         task.finished_at = utcnow()
         return True
 
     async def requeue(
-        self, task_id: str, *, delay_seconds: float = 0.0, claim_token: str | None = None
+        self,
+        task_id: str,
+        *,
+        delay_seconds: float = 0.0,
+        claim_token: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
     ) -> bool:
         self._ensure_open()
         task = self._claimed(task_id, claim_token)
         if task is None:
             return False
+        if error is not None:
+            self._record_error(task, error, traceback)
         due = datetime.fromtimestamp(self._clock(), UTC) + timedelta(seconds=delay_seconds)
         self._make_pending(task, due)
         return True
+
+    def _record_error(self, task: Task, error: str, traceback: str | None) -> None:
+        task.error = error
+        task.traceback = traceback
+        at = datetime.fromtimestamp(self._clock(), UTC)
+        task.errors.append(attempt_error(task.attempts, error, traceback, at))
 
     def _make_pending(self, task: Task, scheduled_at: datetime) -> None:
         self._set_status(task, TaskStatus.PENDING)

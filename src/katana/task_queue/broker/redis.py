@@ -25,6 +25,7 @@ import logging
 import re
 import time
 from collections import deque
+from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -43,7 +44,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .._urls import masked_url
 from ..errors import BrokerClosedError, BrokerError, BrokerUnavailableError
-from ..models import Task, TaskStatus, new_task_id
+from ..models import Task, TaskStatus, attempt_error, new_task_id
 from ._redis_codec import MalformedRecordError, decode_task, encode_new_task
 from .base import AbstractBroker
 
@@ -233,7 +234,7 @@ class RedisBroker(AbstractBroker):
         # expiry; then whatever outcomes are still queued get written.
         while self._buffer:
             task = self._buffer.popleft()
-            self._submit("requeue", task.id, task.claim_token, 0, "")
+            self._submit("requeue", task.id, task.claim_token, 0, "", "")
         with contextlib.suppress(BrokerError):
             await self._flush_outcomes()
         if self._flusher is not None:
@@ -272,7 +273,7 @@ class RedisBroker(AbstractBroker):
         args: list[Any] = []
         for task in tasks:
             args.extend(encode_new_task(task))
-            if len(args) >= 7 * 1000:  # keep each script call short: it blocks Redis
+            if len(args) >= 9 * 1000:  # keep each script call short: it blocks Redis
                 self._log_quarantined(await self._run("enqueue", [self._now_ms(), *args]))
                 args = []
         if args:
@@ -520,11 +521,11 @@ class RedisBroker(AbstractBroker):
     # -- outcomes ------------------------------------------------------------------------
 
     def _submit(
-        self, op: str, task_id: str, claim_token: str | None, a: Any, b: Any
+        self, op: str, task_id: str, claim_token: str | None, a: Any, b: Any, c: Any = ""
     ) -> asyncio.Future[bool]:
         self._ensure_open()
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._outcomes.append(_Outcome([op, task_id, claim_token or "", a, b], future))
+        self._outcomes.append(_Outcome([op, task_id, claim_token or "", a, b, c], future))
         self._release(task_id, claim_token or "")
         if self._background:
             # A consumer: the worker's next dequeue makes the fetcher claim, and that claim
@@ -597,12 +598,28 @@ class RedisBroker(AbstractBroker):
         traceback: str | None = None,
         claim_token: str | None = None,
     ) -> bool:
-        return await self._submit("fail", task_id, claim_token, error, traceback or "")
+        entry = self._error_entry(error, traceback)
+        return await self._submit("fail", task_id, claim_token, error, traceback or "", entry)
+
+    def _error_entry(self, error: str, traceback: str | None) -> bytes:
+        # The attempt number is filled in from the record by the script: -1 here.
+        at = datetime.fromtimestamp(self._clock(), UTC)
+        return orjson.dumps(attempt_error(-1, error, traceback, at))
 
     async def requeue(
-        self, task_id: str, *, delay_seconds: float = 0.0, claim_token: str | None = None
+        self,
+        task_id: str,
+        *,
+        delay_seconds: float = 0.0,
+        claim_token: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
     ) -> bool:
-        return await self._submit("requeue", task_id, claim_token, int(delay_seconds * 1000), "")
+        delay_ms = int(delay_seconds * 1000)
+        if error is None:
+            return await self._submit("requeue", task_id, claim_token, delay_ms, "")
+        entry = self._error_entry(error, traceback)
+        return await self._submit("requeue", task_id, claim_token, delay_ms, error, entry)
 
     async def extend_lease(self, task_id: str, claim_token: str) -> bool:
         reply = await self._run(

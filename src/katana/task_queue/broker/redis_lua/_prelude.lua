@@ -101,17 +101,19 @@ local function count_transition(old_status, new_status)
   end
 end
 
--- Record the outcomes of claimed tasks: ARGV[first .. last] holds five values per outcome:
--- op, id, claim_token ('' = unchecked), a, b, where op is
+-- Record the outcomes of claimed tasks: ARGV[first .. last] holds six values per outcome:
+-- op, id, claim_token ('' = unchecked), a, b, c, where op is
 --   'complete': a = result as JSON ('' for none)
---   'fail':     a = error, b = traceback
---   'requeue':  a = delay in ms before the task is due again
+--   'fail':     a = error, b = traceback, c = the attempt's error entry as JSON
+--   'requeue':  a = delay in ms before the task is due again; for a retry b = error and
+--               c = the attempt's error entry as JSON ('' for a plain hand-back)
+-- Error entries are kept as fields 'err:<attempt>'.
 -- Returns one code per outcome: 1 applied, 0 the claim was lost, -1 unknown task.
 local function apply_outcomes(first, last, now_ms)
   local now_s = string.format('%.6f', now_ms / 1000)
   local codes = {}
   local requeued = 0
-  for base = first, last, 5 do
+  for base = first, last, 6 do
     local op, id, token = ARGV[base], ARGV[base + 1], ARGV[base + 2]
     local key = task_key(id)
     local code = 1
@@ -137,13 +139,18 @@ local function apply_outcomes(first, last, now_ms)
         elseif op == 'fail' then
           count_transition(status, 'FAILED')
           redis.call('HSET', key, 'status', 'FAILED', 'finished_at', now_s,
-            'error', ARGV[base + 3], 'traceback', ARGV[base + 4])
+            'error', ARGV[base + 3], 'traceback', ARGV[base + 4],
+            'err:' .. (redis.call('HGET', key, 'attempts') or '0'), ARGV[base + 5])
         else
           count_transition(status, 'PENDING')
           local due_ms = now_ms + tonumber(ARGV[base + 3])
           redis.call('HSET', key, 'status', 'PENDING',
             'scheduled_at', string.format('%.6f', due_ms / 1000))
           redis.call('HDEL', key, 'finished_at')
+          if ARGV[base + 5] ~= '' then
+            redis.call('HSET', key, 'error', ARGV[base + 4],
+              'err:' .. (redis.call('HGET', key, 'attempts') or '0'), ARGV[base + 5])
+          end
           place(key, id, tonumber(redis.call('HGET', key, 'priority')) or 0, due_ms, now_ms)
           requeued = requeued + 1
         end

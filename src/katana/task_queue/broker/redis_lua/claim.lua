@@ -1,5 +1,5 @@
 -- Record a consumer's pending outcomes, then claim up to `count` due tasks for it, in one
--- round trip. ARGV: prefix, now_ms, count, lease_ms, token_base, exclusive, then five values
+-- round trip. ARGV: prefix, now_ms, count, lease_ms, token_base, exclusive, then six values
 -- per outcome (see apply_outcomes). Returns {next_due_ms or '', outcome codes, quarantined
 -- entry/reason pairs, mode, record, record, ...}: each record is the task's HGETALL followed
 -- by 'id', id.

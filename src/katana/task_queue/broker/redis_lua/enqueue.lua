@@ -1,10 +1,11 @@
--- Store tasks as PENDING and queue them. ARGV: prefix, now_ms, then per task seven values:
--- id, name, payload (JSON), priority, created_at, scheduled_at (epoch seconds), due_ms.
+-- Store tasks as PENDING and queue them. ARGV: prefix, now_ms, then per task nine values:
+-- id, name, payload (JSON), priority, created_at, scheduled_at (epoch seconds), due_ms,
+-- max_retries, timeout_seconds ('' for none).
 local now_ms = tonumber(ARGV[2])
 ensure_type(ready_key, 'zset', now_ms)
 ensure_type(delayed_key, 'zset', now_ms)
 local due_now = 0
-for base = 3, #ARGV, 7 do
+for base = 3, #ARGV, 9 do
   local id = ARGV[base]
   local key = task_key(id)
   local kind = redis.call('TYPE', key).ok
@@ -20,7 +21,10 @@ for base = 3, #ARGV, 7 do
   local due_ms = tonumber(ARGV[base + 6])
   redis.call('HSET', key, 'name', ARGV[base + 1], 'payload', ARGV[base + 2],
     'priority', ARGV[base + 3], 'created_at', ARGV[base + 4], 'scheduled_at', ARGV[base + 5],
-    'status', 'PENDING', 'attempts', 0, 'deliveries', 0)
+    'status', 'PENDING', 'attempts', 0, 'deliveries', 0, 'max_retries', ARGV[base + 7])
+  if ARGV[base + 8] ~= '' then
+    redis.call('HSET', key, 'timeout_seconds', ARGV[base + 8])
+  end
   place(key, id, priority, due_ms, now_ms)
   if due_ms <= now_ms then
     due_now = due_now + 1

@@ -28,11 +28,12 @@ for _, id in ipairs(expired) do
   local key = task_record(id, id, now_ms)
   if key and redis.call('HGET', key, 'status') == 'PROCESSING' then
     redis.call('HDEL', key, 'claim_token')
-    local deliveries = tonumber(redis.call('HGET', key, 'deliveries')) or max_deliveries
-    if deliveries >= max_deliveries then
+    -- Only deliveries that lost their worker count: retries of failed attempts do not.
+    local lost = redis.call('HINCRBY', key, 'lost', 1)
+    if lost >= max_deliveries then
       count_transition('PROCESSING', 'DEAD')
       redis.call('HSET', key, 'status', 'DEAD', 'finished_at', now_s, 'error',
-        'WorkerLost: delivered ' .. deliveries .. ' times and each time the worker stopped ' ..
+        'WorkerLost: delivered ' .. lost .. ' times and each time the worker stopped ' ..
         'renewing its lease before the task finished')
       dead[#dead + 1] = id
     else
