@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from .config import MAX_RETRIES_LIMIT
 from .errors import InvalidTaskError
 
 __all__ = [
@@ -15,7 +16,9 @@ __all__ = [
     "MAX_PRIORITY",
     "MIN_PRIORITY",
     "check_delay",
+    "check_max_retries",
     "check_priority",
+    "check_timeout",
     "detached_payload",
     "json_safe",
 ]
@@ -55,6 +58,28 @@ def check_delay(delay_seconds: object) -> float:
             f"(30 days), got {delay_seconds!r}"
         )
     return delay
+
+
+def check_max_retries(max_retries: object) -> int:
+    if type(max_retries) is not int or not 0 <= max_retries <= MAX_RETRIES_LIMIT:
+        raise InvalidTaskError(
+            f"max_retries must be an int in 0..{MAX_RETRIES_LIMIT}, got {max_retries!r}"
+        )
+    return max_retries
+
+
+def check_timeout(timeout_seconds: object) -> float | None:
+    if timeout_seconds is None:
+        return None
+    if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int | float):
+        raise InvalidTaskError(
+            f"timeout_seconds must be a number or None, got {type(timeout_seconds).__name__}"
+        )
+    if not math.isfinite(timeout_seconds) or timeout_seconds <= 0:
+        raise InvalidTaskError(
+            f"timeout_seconds must be finite and above 0, got {timeout_seconds!r}"
+        )
+    return float(timeout_seconds)
 
 
 def detached_payload(payload: object) -> dict[str, Any]:

@@ -6,11 +6,12 @@ import asyncio
 import functools
 import logging
 import traceback
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._events import log_task_event, logger
 from ._validation import json_safe
-from .errors import BrokerClosedError, BrokerError, UnknownTaskError
+from .config import DEFAULT_RETRY_POLICY, RetryPolicy
+from .errors import BrokerClosedError, BrokerError, Retry, TaskTimeoutError, UnknownTaskError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -40,6 +41,7 @@ class Worker:
         name: str,
         broker: AbstractBroker,
         executors: Mapping[str, TaskExecutor],
+        policies: Mapping[str, RetryPolicy],
         *,
         should_stop: Callable[[], bool],
         on_task_done: Callable[[], None],
@@ -47,6 +49,7 @@ class Worker:
         self.name = name
         self._broker = broker
         self._executors = executors
+        self._policies = policies
         self._should_stop = should_stop
         self._on_task_done = on_task_done
         #: True while the worker waits in ``dequeue``: cancelling it then loses nothing.
@@ -121,7 +124,7 @@ class Worker:
             task.attempts,
         )
         try:
-            result = json_safe(await executor(task), "the executor's return value")
+            result = json_safe(await _run(executor, task), "the executor's return value")
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
             if current is None or not current.cancelling():
@@ -144,7 +147,7 @@ class Worker:
             )
             raise
         except Exception as exc:
-            await self._record_failure(task, exc)
+            await self._handle_failure(task, exc)
             return
         # Take the next task while the outcome is written: a batching broker sends it along
         # with its next claim. run() waits for every outcome before it returns.
@@ -158,6 +161,43 @@ class Worker:
     def _confirmed(self, task: Task, outcome: asyncio.Future[bool]) -> None:
         self._unconfirmed.discard(outcome)
         _report_completion(task, outcome)
+
+    async def _handle_failure(self, task: Task, exc: Exception) -> None:
+        """Retry the failed attempt if the task's policy allows it, else fail the task."""
+        policy = self._policies.get(task.name, DEFAULT_RETRY_POLICY)
+        asked = isinstance(exc, Retry)
+        if task.attempts > task.max_retries or not (asked or isinstance(exc, policy.retry_on)):
+            await self._record_failure(task, exc)
+            return
+        if isinstance(exc, Retry) and exc.delay_seconds is not None:
+            delay = exc.delay_seconds
+        else:
+            delay = policy.backoff_seconds(task.attempts)
+        error = f"{type(exc).__name__}: {exc}"
+        try:
+            recorded = await self._broker.requeue(
+                task.id,
+                delay_seconds=delay,
+                claim_token=task.claim_token,
+                error=error,
+                traceback=None if asked else "".join(traceback.format_exception(exc)),
+            )
+        except BrokerError as broker_error:
+            _log_not_recorded(task, broker_error)
+            return
+        if recorded:
+            log_task_event(
+                logging.INFO if asked else logging.WARNING,
+                "task_retry",
+                task,
+                "task %s attempt %d failed (%s); retry %d of %d in %.2fs",
+                task.id,
+                task.attempts,
+                error,
+                task.attempts,
+                task.max_retries,
+                delay,
+            )
 
     async def _record_failure(self, task: Task, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -190,6 +230,23 @@ class Worker:
                 "task %s failed after its claim was lost; failure discarded",
                 task.id,
             )
+
+
+async def _run(executor: TaskExecutor, task: Task) -> Any:
+    """Await the executor, within the task's time limit if it has one."""
+    limit = task.timeout_seconds
+    if limit is None:
+        return await executor(task)
+    scope = asyncio.timeout(limit)
+    try:
+        async with scope:
+            return await executor(task)
+    except TimeoutError as exc:
+        if scope.expired():
+            raise TaskTimeoutError(
+                f"the attempt ran longer than its timeout of {limit:g}s and was cancelled"
+            ) from exc
+        raise
 
 
 def _log_not_recorded(task: Task, error: BaseException) -> None:

@@ -11,7 +11,13 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from ._events import log_task_event, logger
-from ._validation import check_delay, check_priority, detached_payload
+from ._validation import (
+    check_delay,
+    check_max_retries,
+    check_priority,
+    check_timeout,
+    detached_payload,
+)
 from ._worker import Worker
 from .errors import ServiceStateError, UnknownTaskError
 from .models import Task, TaskExecutor, TaskStatus, new_pending_task, utcnow
@@ -20,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from .broker.base import AbstractBroker
+from .config import DEFAULT_RETRY_POLICY, RetryPolicy
 
 __all__ = ["ServiceState", "TaskExecutor", "TaskQueueService"]
 
@@ -51,6 +58,8 @@ class TaskQueueService:
     ) -> None:
         self.broker = broker
         self._executors: dict[str, TaskExecutor] = {}
+        self._policies: dict[str, RetryPolicy] = {}
+        self._timeouts: dict[str, float | None] = {}
         for name, executor in (task_executors or {}).items():
             self.register(name, executor)
         self._state = ServiceState.CREATED
@@ -68,12 +77,26 @@ class TaskQueueService:
         """The registered task names, sorted."""
         return sorted(self._executors)
 
-    def register(self, name: str, executor: Callable[[Task], Any]) -> None:
-        """Register (or replace) the executor for ``name``."""
+    def register(
+        self,
+        name: str,
+        executor: Callable[[Task], Any],
+        *,
+        retry: RetryPolicy | None = None,
+        timeout_seconds: float | None = None,
+    ) -> None:
+        """Register (or replace) the executor for ``name``.
+
+        Args:
+            retry: How failed attempts of this task are retried (default: not at all).
+            timeout_seconds: Default time limit of one attempt (``add_task`` may override it).
+        """
         if not name or not isinstance(name, str):
             raise ValueError(f"a task name must be a non-empty string, got {name!r}")
         if not callable(executor):
             raise TypeError(f"the executor for {name!r} is not callable: {executor!r}")
+        self._policies[name] = retry or DEFAULT_RETRY_POLICY
+        self._timeouts[name] = check_timeout(timeout_seconds)
         if inspect.iscoroutinefunction(executor) or inspect.iscoroutinefunction(
             getattr(executor, "__call__", None)  # noqa: B004  # an object with async __call__
         ):
@@ -89,15 +112,19 @@ class TaskQueueService:
         payload: dict[str, Any] | None = None,
         priority: int = 0,
         delay_seconds: float = 0,
+        *,
+        max_retries: int | None = None,
+        timeout_seconds: float | None = None,
     ) -> Task:
         """Create a task and enqueue it; returns the created task (a copy of what is stored).
 
+        ``max_retries`` and ``timeout_seconds`` override what ``name`` was registered with.
+
         Raises:
             UnknownTaskError: no executor is registered under ``name`` (a ``ValueError``).
-            InvalidTaskError: ``priority``, ``delay_seconds`` or ``payload`` is invalid (a
-                ``ValueError``); nothing was enqueued.
+            InvalidTaskError: an argument is invalid (a ``ValueError``); nothing was enqueued.
         """
-        task = self._new_task(name, payload, priority, delay_seconds)
+        task = self._new_task(name, payload, priority, delay_seconds, max_retries, timeout_seconds)
         await self.broker.enqueue(task)
         log_task_event(
             logging.INFO,
@@ -124,7 +151,13 @@ class TaskQueueService:
         return created
 
     def _new_task(
-        self, name: str, payload: dict[str, Any] | None, priority: int, delay_seconds: float
+        self,
+        name: str,
+        payload: dict[str, Any] | None,
+        priority: int,
+        delay_seconds: float,
+        max_retries: int | None = None,
+        timeout_seconds: float | None = None,
     ) -> Task:
         if name not in self._executors:
             raise UnknownTaskError(
@@ -133,6 +166,8 @@ class TaskQueueService:
             )
         priority = check_priority(priority)
         delay = check_delay(delay_seconds)
+        retries = self._policies[name].max_retries if max_retries is None else max_retries
+        timeout = self._timeouts[name] if timeout_seconds is None else timeout_seconds
         now = utcnow()
         return new_pending_task(
             name,
@@ -140,6 +175,8 @@ class TaskQueueService:
             priority,
             now,
             now + timedelta(seconds=delay) if delay else now,
+            check_max_retries(retries),
+            check_timeout(timeout),
         )
 
     async def get_task(self, task_id: str) -> Task | None:
@@ -161,6 +198,7 @@ class TaskQueueService:
                 f"worker-{len(self._workers) + 1}",
                 self.broker,
                 self._executors,
+                self._policies,
                 should_stop=self._stopping,
                 on_task_done=self._on_task_done,
             )

@@ -1,0 +1,272 @@
+"""Retries with backoff, Retry, retry_on and timeouts: the same on every broker."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from katana.task_queue.broker import InMemoryBroker
+from katana.task_queue.broker.redis import RedisBroker
+from katana.task_queue.config import RetryPolicy
+from katana.task_queue.errors import InvalidTaskError, Retry
+from katana.task_queue.models import Task, TaskStatus
+from katana.task_queue.service import TaskQueueService
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from katana.task_queue.broker.base import AbstractBroker
+
+GUARD_SECONDS = 30.0
+#: Retry delays: small enough to keep the suite quick, exact because jitter is off.
+FAST = RetryPolicy(max_retries=5, backoff_base_seconds=0.05, backoff_max_seconds=0.15, jitter=False)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[AbstractBroker]:
+    if request.param == "memory":
+        async with InMemoryBroker() as memory:
+            yield memory
+        return
+    redis_url: str = request.getfixturevalue("redis_url")
+    queue_name: str = request.getfixturevalue("queue_name")
+    redis = RedisBroker(redis_url, queue=queue_name)
+    try:
+        yield redis
+    finally:
+        await redis.purge()
+        await redis.close()
+
+
+@pytest.fixture
+async def service(broker: AbstractBroker) -> AsyncIterator[TaskQueueService]:
+    service = TaskQueueService(broker=broker)
+    yield service
+    await service.shutdown(timeout=1)
+
+
+async def run_to_idle(service: TaskQueueService, task: Task) -> Task:
+    service.start_workers(2)
+    await service.wait_idle(timeout=GUARD_SECONDS)
+    done = await service.get_task(task.id)
+    assert done is not None
+    return done
+
+
+def retry_delays(caplog: pytest.LogCaptureFixture) -> list[float]:
+    return [
+        float(record.getMessage().rsplit(" ", 1)[1].rstrip("s"))
+        for record in caplog.records
+        if getattr(record, "katana_event", None) == "task_retry"
+    ]
+
+
+async def test_a_task_failing_twice_then_succeeding_completes_on_the_third_attempt(
+    service: TaskQueueService, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="katana")
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+
+    async def flaky(task: Task) -> str:
+        starts.append(loop.time())
+        if len(starts) < 3:
+            raise ConnectionError(f"attempt {task.attempts} failed")
+        return "done"
+
+    # Given a task that fails twice, registered with up to 3 retries
+    service.register("flaky", flaky, retry=FAST)
+    task = await service.add_task("flaky", max_retries=3)
+
+    # When the workers run it
+    done = await run_to_idle(service, task)
+
+    # Then it completed on attempt 3, with both failures kept
+    assert (done.status, done.attempts, done.result) == (TaskStatus.COMPLETED, 3, "done")
+    assert [entry["attempt"] for entry in done.errors] == [1, 2]
+    assert [entry["error"] for entry in done.errors] == [
+        "ConnectionError: attempt 1 failed",
+        "ConnectionError: attempt 2 failed",
+    ]
+    assert all("ConnectionError" in (entry["traceback"] or "") for entry in done.errors)
+    # ...after delays that doubled, stayed under the cap, and were never cut short
+    delays = retry_delays(caplog)
+    assert delays == [0.05, 0.1]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert all(gap >= delay - 0.002 for gap, delay in zip(gaps, delays, strict=True))
+
+
+async def test_a_task_that_always_fails_ends_failed_after_one_plus_max_retries_attempts(
+    service: TaskQueueService, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="katana")
+
+    async def broken(task: Task) -> None:
+        raise ValueError(f"attempt {task.attempts}")
+
+    service.register("broken", broken, retry=FAST)
+    task = await service.add_task("broken", max_retries=4)
+
+    done = await run_to_idle(service, task)
+
+    assert (done.status, done.attempts) == (TaskStatus.FAILED, 5)
+    assert done.error == "ValueError: attempt 5"
+    assert [entry["attempt"] for entry in done.errors] == [1, 2, 3, 4, 5]
+    assert retry_delays(caplog) == [0.05, 0.1, 0.15, 0.15]  # capped
+
+
+async def test_jittered_delays_stay_within_their_bounds(
+    service: TaskQueueService, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="katana")
+
+    async def broken(task: Task) -> None:
+        raise ValueError("no")
+
+    policy = RetryPolicy(max_retries=4, backoff_base_seconds=0.02, backoff_max_seconds=0.05)
+    service.register("broken", broken, retry=policy)
+    done = await run_to_idle(service, await service.add_task("broken"))
+
+    assert (done.status, done.attempts) == (TaskStatus.FAILED, 5)
+    bounds = [0.02, 0.04, 0.05, 0.05]
+    delays = retry_delays(caplog)
+    assert len(delays) == len(bounds)
+    assert all(0 <= delay <= bound for delay, bound in zip(delays, bounds, strict=True))
+
+
+async def test_retry_asks_for_another_attempt_after_its_delay(
+    service: TaskQueueService, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="katana")
+
+    async def not_yet(task: Task) -> int:
+        if task.attempts == 1:
+            raise Retry("the report is not ready", delay_seconds=0.07)
+        return task.attempts
+
+    service.register("not_yet", not_yet, retry=FAST)
+    done = await run_to_idle(service, await service.add_task("not_yet"))
+
+    assert (done.status, done.result) == (TaskStatus.COMPLETED, 2)
+    assert retry_delays(caplog) == [0.07]
+    assert done.errors[0]["error"] == "Retry: the report is not ready"
+
+
+async def test_retry_without_retries_left_fails_the_task(service: TaskQueueService) -> None:
+    async def again(task: Task) -> None:
+        raise Retry(delay_seconds=0)
+
+    service.register("again", again, retry=FAST)
+    done = await run_to_idle(service, await service.add_task("again", max_retries=1))
+
+    assert (done.status, done.attempts) == (TaskStatus.FAILED, 2)
+    assert done.error == "Retry: the executor asked to run again"
+
+
+async def test_only_the_listed_exception_types_are_retried(service: TaskQueueService) -> None:
+    async def wrong_key(task: Task) -> None:
+        raise KeyError("missing")
+
+    policy = RetryPolicy(max_retries=3, backoff_base_seconds=0.01, retry_on=(ConnectionError,))
+    service.register("wrong_key", wrong_key, retry=policy)
+    done = await run_to_idle(service, await service.add_task("wrong_key"))
+
+    assert (done.status, done.attempts) == (TaskStatus.FAILED, 1)
+    assert done.error == "KeyError: 'missing'"
+
+
+async def test_a_long_task_is_stopped_at_its_timeout(service: TaskQueueService) -> None:
+    loop = asyncio.get_running_loop()
+    cancelled = asyncio.Event()
+
+    async def slow(task: Task) -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            cancelled.set()
+
+    # Given a 10 s task with a 0.5 s timeout
+    service.register("slow", slow)
+    task = await service.add_task("slow", timeout_seconds=0.5)
+
+    # When it runs
+    started = loop.time()
+    done = await run_to_idle(service, task)
+
+    # Then its coroutine was cancelled within a second and the attempt failed
+    assert cancelled.is_set()
+    assert loop.time() - started < 1.5
+    assert (done.status, done.attempts) == (TaskStatus.FAILED, 1)
+    assert done.error is not None
+    assert done.error.startswith("TaskTimeoutError: the attempt ran longer than its timeout")
+
+
+async def test_a_timed_out_attempt_is_retried_when_retries_remain(
+    service: TaskQueueService,
+) -> None:
+    async def slow_once(task: Task) -> str:
+        if task.attempts == 1:
+            await asyncio.sleep(10)
+        return "second time lucky"
+
+    service.register("slow_once", slow_once, retry=FAST, timeout_seconds=0.3)
+    done = await run_to_idle(service, await service.add_task("slow_once", max_retries=1))
+
+    assert (done.status, done.attempts, done.result) == (
+        TaskStatus.COMPLETED,
+        2,
+        "second time lucky",
+    )
+    assert done.errors[0]["error"].startswith("TaskTimeoutError")
+
+
+async def test_an_executors_own_timeout_error_is_an_ordinary_failure(
+    service: TaskQueueService,
+) -> None:
+    async def times_out_inside(task: Task) -> None:
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(1)
+
+    service.register("inside", times_out_inside, timeout_seconds=5)
+    done = await run_to_idle(service, await service.add_task("inside"))
+
+    assert done.status is TaskStatus.FAILED
+    assert done.error == "TimeoutError: "
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_retries": -1}, "max_retries"),
+        ({"max_retries": 1001}, "max_retries"),
+        ({"max_retries": True}, "max_retries"),
+        ({"timeout_seconds": 0}, "timeout_seconds"),
+        ({"timeout_seconds": float("nan")}, "timeout_seconds"),
+        ({"timeout_seconds": "5"}, "timeout_seconds"),
+    ],
+)
+async def test_invalid_retry_and_timeout_options_are_refused(
+    service: TaskQueueService, options: dict[str, Any], message: str
+) -> None:
+    async def noop(task: Task) -> None:
+        return None
+
+    service.register("noop", noop)
+    with pytest.raises(InvalidTaskError, match=message):
+        await service.add_task("noop", **options)
+    assert (await service.broker.count_by_status())[TaskStatus.PENDING] == 0
+
+
+def test_retry_policies_refuse_nonsense() -> None:
+    with pytest.raises(ValueError, match="max_retries"):
+        RetryPolicy(max_retries=-1)
+    with pytest.raises(ValueError, match="backoff_base_seconds"):
+        RetryPolicy(backoff_base_seconds=float("inf"))
+    with pytest.raises(TypeError, match="retry_on"):
+        RetryPolicy(retry_on=("ValueError",))  # type: ignore[arg-type]  # the point of the test
+    with pytest.raises(ValueError, match="delay_seconds"):
+        Retry(delay_seconds=-1)
