@@ -122,3 +122,18 @@ class TestInMemoryBrokerWithAFakeClock:
         again = await broker.dequeue(timeout=0)
         assert again is not None
         assert (again.id, again.attempts) == (claimed.id, 2)
+
+
+async def test_a_result_that_is_not_json_changes_nothing() -> None:
+    async with InMemoryBroker() as broker:
+        await broker.enqueue(Task(name="t"))
+        claimed = await broker.dequeue(timeout=0)
+        assert claimed is not None
+
+        with pytest.raises(TypeError):
+            await broker.mark_complete(claimed.id, {1, 2}, claim_token=claimed.claim_token)
+
+        stored = await broker.get_task(claimed.id)
+        assert stored is not None
+        assert (stored.status, stored.claim_token) == (TaskStatus.PROCESSING, claimed.claim_token)
+        assert await broker.mark_failed(claimed.id, "E", claim_token=claimed.claim_token)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
+import redis.asyncio as aioredis
 
 from katana.task_queue.broker.redis import RedisBroker
+from katana.task_queue.models import TaskStatus
 from katana.task_queue.testing import BrokerContract
+from katana.task_queue.testing._support import make_task
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -36,3 +39,66 @@ class TestRedisBroker(BrokerContract):
         # The heartbeat renews exactly the claims this registry lists.
         assert isinstance(broker, RedisBroker)
         broker._held.pop(task.id, None)
+
+
+# -- RedisBroker only ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def redis_broker(redis_url: str, queue_name: str) -> AsyncIterator[RedisBroker]:
+    broker = RedisBroker(redis_url, queue=queue_name, lease_seconds=0.3, heartbeat_seconds=0.1)
+    yield broker
+    await broker.purge()
+    await broker.close()
+
+
+async def test_a_claim_taken_without_waiting_is_renewed_too(
+    redis_broker: RedisBroker, redis_url: str, queue_name: str
+) -> None:
+    # Given a task claimed with dequeue(timeout=0) and held for several leases
+    await redis_broker.enqueue(make_task())
+    claimed = await redis_broker.dequeue(timeout=0)
+    assert claimed is not None
+    async with RedisBroker(redis_url, queue=queue_name, lease_seconds=0.3) as other:
+        # Then no other consumer gets it meanwhile: the heartbeat renews the claim
+        assert await other.dequeue(timeout=1.0) is None
+    assert await redis_broker.mark_complete(claimed.id, claim_token=claimed.claim_token)
+
+
+async def test_garbage_in_the_counters_does_not_orphan_a_task(
+    redis_broker: RedisBroker, raw: aioredis.Redis
+) -> None:
+    await redis_broker.enqueue(make_task())
+    claimed = await redis_broker.dequeue(timeout=0)
+    assert claimed is not None
+    await raw.set(f"{redis_broker.prefix}:counts", "garbage")
+
+    assert await redis_broker.mark_complete(claimed.id, claim_token=claimed.claim_token)
+
+    stored = await redis_broker.get_task(claimed.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.COMPLETED
+    assert (await redis_broker.count_by_status())[TaskStatus.COMPLETED] == 1
+    assert any("counts" in note["entry"] for note in await redis_broker.quarantined())
+
+
+async def test_a_record_with_non_numeric_attempts_is_quarantined(
+    redis_broker: RedisBroker, raw: aioredis.Redis
+) -> None:
+    bad, good = make_task(), make_task()
+    await redis_broker.enqueue_many([bad, good])
+    await raw.hset(f"{redis_broker.prefix}:task:{bad.id}", "attempts", "many")
+
+    claimed = [await redis_broker.dequeue(timeout=0), await redis_broker.dequeue(timeout=0)]
+
+    assert [task.id for task in claimed if task is not None] == [good.id]
+    assert await redis_broker.get_task(bad.id) is None
+    notes = await redis_broker.quarantined()
+    assert any(note["entry"] == bad.id and "attempts" in note["reason"] for note in notes)

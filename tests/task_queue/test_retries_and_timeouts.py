@@ -270,3 +270,28 @@ def test_retry_policies_refuse_nonsense() -> None:
         RetryPolicy(retry_on=("ValueError",))  # type: ignore[arg-type]  # the point of the test
     with pytest.raises(ValueError, match="delay_seconds"):
         Retry(delay_seconds=-1)
+
+
+async def test_a_result_json_cannot_hold_fails_the_task_and_the_worker_goes_on(
+    service: TaskQueueService,
+) -> None:
+    async def huge(task: Task) -> int:
+        return 2**70  # no JSON encoder takes it
+
+    async def fine(task: Task) -> str:
+        return "fine"
+
+    service.register("huge", huge)
+    service.register("fine", fine)
+    bad = await service.add_task("huge")
+    good = await service.add_task("fine")
+
+    await run_to_idle(service, bad)
+
+    failed, done = await service.get_task(bad.id), await service.get_task(good.id)
+    assert failed is not None
+    assert done is not None
+    assert failed.status is TaskStatus.FAILED
+    assert failed.error is not None
+    assert "InvalidTaskError" in failed.error
+    assert (done.status, done.result) == (TaskStatus.COMPLETED, "fine")

@@ -112,7 +112,9 @@ def detached_payload(payload: object) -> dict[str, Any]:
 
 def json_safe(value: Any, what: str) -> Any:
     """``value`` checked to survive the JSON round trip unchanged, as that round trip returns it."""
-    if value is None or type(value) in (str, int, bool):
+    if value is None or type(value) in (str, bool):
+        return value
+    if type(value) is int and -(2**63) <= value < 2**64:  # what JSON encoders take as is
         return value
     decoded = orjson.loads(_encode(value, what))
     if decoded != value:

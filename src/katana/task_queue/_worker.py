@@ -153,6 +153,10 @@ class Worker:
         # with its next claim. run() waits for every outcome before it returns.
         outcome = broker.complete_soon(task.id, result, claim_token=task.claim_token)
         if outcome.done():
+            problem = outcome.exception()
+            if isinstance(problem, TypeError | ValueError):
+                await self._record_failure(task, problem)  # the broker could not store it
+                return
             _report_completion(task, outcome)
         else:
             self._unconfirmed.add(outcome)
@@ -182,7 +186,7 @@ class Worker:
                 error=error,
                 traceback=None if asked else "".join(traceback.format_exception(exc)),
             )
-        except BrokerError as broker_error:
+        except (BrokerError, KeyError) as broker_error:  # KeyError: its record was deleted
             _log_not_recorded(task, broker_error)
             return
         if recorded:
@@ -208,7 +212,7 @@ class Worker:
                 traceback="".join(traceback.format_exception(exc)),
                 claim_token=task.claim_token,
             )
-        except BrokerError as broker_error:
+        except (BrokerError, KeyError) as broker_error:  # KeyError: its record was deleted
             _log_not_recorded(task, broker_error)
             return
         if recorded:

@@ -234,9 +234,10 @@ class InMemoryBroker(AbstractBroker):
         task = self._claimed(task_id, claim_token)
         if task is None:
             return False
+        detached = _detached(result)  # may raise: before any state changes
         self._queued.pop(task_id, None)
         self._set_status(task, TaskStatus.COMPLETED)
-        task.result = _detached(result)
+        task.result = detached
         task.error = task.traceback = task.claim_token = None
         task.finished_at = utcnow()
         return True

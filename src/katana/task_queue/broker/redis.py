@@ -144,7 +144,6 @@ class RedisBroker(AbstractBroker):
         # Consumer side: waiting dequeue calls, tasks claimed for none of them yet, and the
         # claims this process holds (id -> claim token) which the heartbeat renews.
         self._waiters: deque[asyncio.Future[Task]] = deque()
-        self._buffer: deque[Task] = deque()
         self._held: dict[str, str] = {}
         self._held_empty = asyncio.Event()
         self._held_empty.set()
@@ -230,11 +229,7 @@ class RedisBroker(AbstractBroker):
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(BrokerClosedError(f"{self!r} closed while waiting"))
-        # Tasks claimed but never handed to a worker go back to the queue now, not at lease
-        # expiry; then whatever outcomes are still queued get written.
-        while self._buffer:
-            task = self._buffer.popleft()
-            self._submit("requeue", task.id, task.claim_token, 0, "", "")
+        # Whatever outcomes are still queued (tasks handed back included) get written now.
         with contextlib.suppress(BrokerError):
             await self._flush_outcomes()
         if self._flusher is not None:
@@ -283,12 +278,12 @@ class RedisBroker(AbstractBroker):
 
     async def dequeue(self, timeout: float | None = None) -> Task | None:
         self._ensure_open()
-        if self._buffer:
-            return self._buffer.popleft()
+        if self._closing:
+            raise BrokerClosedError(f"{self!r} is closing")
+        self._start_consuming()  # the heartbeat must renew whatever this process claims
         if timeout == 0:
             _, tasks = await self._claim(1)
             return tasks[0] if tasks else None
-        self._start_consuming()
         waiter: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._demand.set()
@@ -307,13 +302,9 @@ class RedisBroker(AbstractBroker):
                 self._waiters.remove(waiter)
 
     def _pass_on(self, waiter: asyncio.Future[Task]) -> None:
-        """A task claimed for a ``dequeue`` that left goes to the next waiting one."""
+        """A task claimed for a ``dequeue`` that left goes to the next one, or back at once."""
         if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-            task = waiter.result()
-            self._buffer.appendleft(task)
-            if any(not other.done() for other in self._waiters if other is not waiter):
-                self._buffer.popleft()
-                self._deliver(task)
+            self._deliver(waiter.result())
 
     def _start_consuming(self) -> None:
         if self._background:
@@ -373,7 +364,10 @@ class RedisBroker(AbstractBroker):
                 exc,
                 extra={"katana_event": "task_quarantined", "task_id": task_id},
             )
-            await self._run("quarantine", [self._now_ms(), task_id, f"malformed record: {exc}"])
+            try:
+                await self._run("quarantine", [self._now_ms(), task_id, f"malformed record: {exc}"])
+            except BrokerError as error:  # its lease expires and the next claim retries this
+                logger.warning("could not quarantine task record %s: %s", task_id, error)
             return None
 
     def _log_quarantined(self, pairs: list[bytes]) -> None:
@@ -394,7 +388,9 @@ class RedisBroker(AbstractBroker):
             if not waiter.done():
                 waiter.set_result(task)
                 return
-        self._buffer.append(task)
+        # Nobody waits any more (their dequeue timed out or was cancelled, e.g. by shutdown):
+        # hand the task back now rather than hold it until the broker closes.
+        self._submit("requeue", task.id, task.claim_token, 0, "", "")
 
     async def _fetch_loop(self) -> None:
         """Claim tasks for the waiting ``dequeue`` calls, as many per round trip as wait."""
@@ -582,7 +578,12 @@ class RedisBroker(AbstractBroker):
     def complete_soon(
         self, task_id: str, result: Any = None, *, claim_token: str | None = None
     ) -> asyncio.Future[bool]:
-        encoded = b"" if result is None else orjson.dumps(result)
+        try:
+            encoded = b"" if result is None else orjson.dumps(result)
+        except TypeError as exc:  # orjson's JSONEncodeError is a TypeError
+            failed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
         return self._submit("complete", task_id, claim_token, encoded, "")
 
     async def mark_complete(

@@ -48,6 +48,11 @@ local function ensure_type(key, wanted, now_ms)
   end
 end
 
+-- Every script writes the quarantine list and may write the counters: repair them first, so
+-- that garbage there cannot abort a script halfway through its writes.
+ensure_type(quarantine_key, 'list', tonumber(ARGV[2]))
+ensure_type(counts_key, 'hash', tonumber(ARGV[2]))
+
 -- The task's record, or nil (and the entry quarantined) when it is missing or not a hash.
 local function task_record(id, entry, now_ms)
   local key = task_key(id)

@@ -70,11 +70,17 @@ local function take(member, score)
     end
     mode = 'exclusive'
   end
+  local attempts = tonumber(redis.call('HGET', key, 'attempts') or '0')
+  local deliveries = tonumber(redis.call('HGET', key, 'deliveries') or '0')
+  if not attempts or not deliveries then
+    redis.call('RENAME', key, key .. ':quarantined')
+    quarantine(id, 'task record has a non-numeric attempts or deliveries field', now_ms)
+    return
+  end
   n = n + 1
-  redis.call('HINCRBY', key, 'attempts', 1)
-  redis.call('HINCRBY', key, 'deliveries', 1)
   redis.call('HSET', key, 'status', 'PROCESSING', 'started_at', now_s,
-    'claim_token', token_base .. ':' .. n)
+    'claim_token', token_base .. ':' .. n, 'attempts', attempts + 1,
+    'deliveries', deliveries + 1)
   redis.call('HDEL', key, 'finished_at', 'member')
   redis.call('ZADD', processing_key, now_ms + lease_ms, id)
   local record = redis.call('HGETALL', key)

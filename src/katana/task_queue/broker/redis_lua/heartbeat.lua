@@ -29,7 +29,8 @@ for _, id in ipairs(expired) do
   if key and redis.call('HGET', key, 'status') == 'PROCESSING' then
     redis.call('HDEL', key, 'claim_token')
     -- Only deliveries that lost their worker count: retries of failed attempts do not.
-    local lost = redis.call('HINCRBY', key, 'lost', 1)
+    local lost = (tonumber(redis.call('HGET', key, 'lost') or '0') or max_deliveries) + 1
+    redis.call('HSET', key, 'lost', lost)
     if lost >= max_deliveries then
       count_transition('PROCESSING', 'DEAD')
       redis.call('HSET', key, 'status', 'DEAD', 'finished_at', now_s, 'error',
