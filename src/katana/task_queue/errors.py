@@ -6,6 +6,8 @@ KatanaError
 ├── InvalidTaskError(KatanaError, ValueError)     bad priority / delay, or a payload that isn't JSON
 ├── ServiceStateError(KatanaError, RuntimeError)  e.g. start_workers() after shutdown()
 ├── TaskTimeoutError(KatanaError, TimeoutError)   an attempt ran past its timeout_seconds
+├── TaskFailedError                               wait_for(): the task ended FAILED or DEAD
+├── TaskCancelledError                            wait_for(): the task was cancelled
 ├── Retry                                         raised by an executor: "run me again later"
 └── BrokerError
     ├── BrokerUnavailableError                    the backend cannot be reached
@@ -15,6 +17,11 @@ KatanaError
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import Task
+
 __all__ = [
     "BrokerClosedError",
     "BrokerError",
@@ -23,6 +30,8 @@ __all__ = [
     "KatanaError",
     "Retry",
     "ServiceStateError",
+    "TaskCancelledError",
+    "TaskFailedError",
     "TaskTimeoutError",
     "UnknownTaskError",
 ]
@@ -71,3 +80,19 @@ class Retry(KatanaError):  # control flow, named for what the executor asks
         if delay_seconds is not None and not 0 <= delay_seconds < float("inf"):
             raise ValueError(f"delay_seconds must be a finite number >= 0, got {delay_seconds!r}")
         self.delay_seconds = delay_seconds
+
+
+class TaskFailedError(KatanaError):
+    """The awaited task ended FAILED (or DEAD); ``task`` holds its error and history."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__(f"task {task.id} ({task.name}) ended {task.status}: {task.error}")
+        self.task = task
+
+
+class TaskCancelledError(KatanaError):
+    """The awaited task was cancelled; ``task`` is its final state."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__(f"task {task.id} ({task.name}) was cancelled")
+        self.task = task

@@ -19,7 +19,7 @@ from ._validation import (
     detached_payload,
 )
 from ._worker import Worker
-from .errors import ServiceStateError, UnknownTaskError
+from .errors import ServiceStateError, TaskCancelledError, TaskFailedError, UnknownTaskError
 from .models import Task, TaskExecutor, TaskStatus, new_pending_task, utcnow
 
 if TYPE_CHECKING:
@@ -178,6 +178,24 @@ class TaskQueueService:
             check_max_retries(retries),
             check_timeout(timeout),
         )
+
+    async def wait_for(self, task_id: str, timeout: float | None = None) -> Any:
+        """Wait until the task finishes and return its result.
+
+        Raises:
+            TaskFailedError: it ended FAILED or DEAD; ``.task`` has the error and history.
+            TaskCancelledError: it was cancelled.
+            TimeoutError: it did not finish within ``timeout`` seconds.
+            KeyError: no task has this id.
+        """
+        task = await self.broker.wait_finished(task_id, timeout)
+        if task is None:
+            raise KeyError(task_id)
+        if task.status is TaskStatus.COMPLETED:
+            return task.result
+        if task.status is TaskStatus.CANCELLED:
+            raise TaskCancelledError(task)
+        raise TaskFailedError(task)
 
     async def get_task(self, task_id: str) -> Task | None:
         """The task as the broker has it now, or ``None`` for an unknown id."""

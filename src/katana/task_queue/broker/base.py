@@ -11,6 +11,8 @@ import asyncio
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Self
 
+from ..models import TERMINAL_STATUSES
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from types import TracebackType
@@ -138,6 +140,21 @@ class AbstractBroker(ABC):
 
         Brokers without leases have nothing to renew and only check the claim.
         """
+
+    async def wait_finished(self, task_id: str, timeout: float | None = None) -> Task | None:
+        """The task once it is in a terminal status; ``None`` for an unknown id.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds. This default asks ``get_task`` with
+        a backoff that grows from 10 ms to 0.5 s; brokers that can be told override it.
+        """
+        pause = 0.01
+        async with asyncio.timeout(timeout):
+            while True:
+                task = await self.get_task(task_id)
+                if task is None or task.status in TERMINAL_STATUSES:
+                    return task
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     @abstractmethod
     async def count_by_status(self) -> dict[TaskStatus, int]:

@@ -51,10 +51,16 @@ class InMemoryBroker(AbstractBroker):
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
         self._settled_loop: asyncio.AbstractEventLoop | None = None
+        # Task id -> futures of wait_finished calls, resolved when it reaches a final status.
+        self._finish_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._settled: dict[bool, asyncio.Future[bool]] = {}
 
     async def close(self) -> None:
         self._closed = True
+        for waiters in self._finish_waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)  # they see the broker closed and raise
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -101,6 +107,29 @@ class InMemoryBroker(AbstractBroker):
         counts[task.status] -= 1
         counts[status] += 1
         task.status = status
+        if self._finish_waiters and status in TERMINAL_STATUSES:
+            for waiter in self._finish_waiters.pop(task.id, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def wait_finished(self, task_id: str, timeout: float | None = None) -> Task | None:
+        self._ensure_open()
+        async with asyncio.timeout(timeout):
+            task = self._tasks.get(task_id)
+            while task is not None and task.status not in TERMINAL_STATUSES:
+                waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._finish_waiters.setdefault(task_id, []).append(waiter)
+                try:
+                    await waiter
+                finally:
+                    waiters = self._finish_waiters.get(task_id)
+                    if waiters and waiter in waiters:
+                        waiters.remove(waiter)
+                        if not waiters:
+                            del self._finish_waiters[task_id]
+                self._ensure_open()
+                task = self._tasks.get(task_id)
+        return None if task is None else task.copy()
 
     # -- claiming ------------------------------------------------------------------------
 

@@ -1,0 +1,111 @@
+"""wait_for: results, recorded failures and timeouts, without polling hard, on every broker."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import pytest
+
+from katana.task_queue.broker import InMemoryBroker
+from katana.task_queue.broker.redis import RedisBroker
+from katana.task_queue.errors import TaskCancelledError, TaskFailedError
+from katana.task_queue.models import Task, TaskStatus
+from katana.task_queue.service import TaskQueueService
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from katana.task_queue.broker.base import AbstractBroker
+
+GUARD_SECONDS = 30.0
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[AbstractBroker]:
+    if request.param == "memory":
+        async with InMemoryBroker() as memory:
+            yield memory
+        return
+    redis_url: str = request.getfixturevalue("redis_url")
+    queue_name: str = request.getfixturevalue("queue_name")
+    redis = RedisBroker(redis_url, queue=queue_name)
+    try:
+        yield redis
+    finally:
+        await redis.purge()
+        await redis.close()
+
+
+@pytest.fixture
+async def service(broker: AbstractBroker) -> AsyncIterator[TaskQueueService]:
+    release = asyncio.Event()
+
+    async def add(task: Task) -> int:
+        await release.wait()
+        return int(task.payload["a"]) + int(task.payload["b"])
+
+    async def explode(task: Task) -> None:
+        raise RuntimeError("boom")
+
+    service = TaskQueueService(broker=broker, task_executors={"add": add, "explode": explode})
+    service.release = release  # type: ignore[attr-defined]  # the tests open the gate
+    service.start_workers(2)
+    yield service
+    release.set()
+    await service.shutdown(timeout=1)
+
+
+async def test_wait_for_returns_the_result_once_the_task_completes(
+    service: TaskQueueService,
+) -> None:
+    task = await service.add_task("add", {"a": 2, "b": 3})
+    waiting = asyncio.create_task(service.wait_for(task.id, timeout=GUARD_SECONDS))
+    await asyncio.sleep(0.05)  # the waiter is parked while the task is held back
+    assert not waiting.done()
+
+    service.release.set()  # type: ignore[attr-defined]
+
+    assert await waiting == 5
+
+
+async def test_wait_for_raises_the_recorded_failure(service: TaskQueueService) -> None:
+    task = await service.add_task("explode")
+
+    with pytest.raises(TaskFailedError) as raised:
+        await service.wait_for(task.id, timeout=GUARD_SECONDS)
+
+    failed = raised.value.task
+    assert (failed.id, failed.status, failed.error) == (
+        task.id,
+        TaskStatus.FAILED,
+        "RuntimeError: boom",
+    )
+    assert failed.traceback is not None
+    assert "RuntimeError: boom" in failed.traceback
+
+
+async def test_wait_for_raises_for_a_cancelled_task(service: TaskQueueService) -> None:
+    task = await service.add_task("add", {"a": 1, "b": 1}, delay_seconds=60)
+    await service.broker.update_task_status(task.id, TaskStatus.CANCELLED)
+
+    with pytest.raises(TaskCancelledError):
+        await service.wait_for(task.id, timeout=GUARD_SECONDS)
+
+
+async def test_wait_for_times_out_when_the_task_does_not_finish(
+    service: TaskQueueService,
+) -> None:
+    task = await service.add_task("add", {"a": 1, "b": 1})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    with pytest.raises(TimeoutError):
+        await service.wait_for(task.id, timeout=0.3)
+
+    assert 0.25 <= loop.time() - started < 5
+
+
+async def test_wait_for_an_unknown_id_raises_key_error(service: TaskQueueService) -> None:
+    with pytest.raises(KeyError):
+        await service.wait_for("no-such-task", timeout=GUARD_SECONDS)
