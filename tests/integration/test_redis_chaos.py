@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from katana.task_queue import __version__
+from katana.task_queue.errors import TaskCancelledError
 from katana.task_queue.models import TERMINAL_STATUSES, TaskStatus
 
 from ._processes import POLL_SECONDS, WorkerProcess, WorkerProcesses, read_until, wait_until
@@ -522,3 +523,36 @@ async def test_two_processes_drain_the_queue_together_in_burst_mode(
     pids = {entry.pid for entry in await chaos.ledger() if entry.event == "start"}
     assert len(pids) == 2
     assert parent.pid not in pids
+
+
+# -- cancellation across processes -----------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_cancelling_a_task_running_in_another_process_stops_it(
+    make_chaos: Callable[..., Chaos],
+) -> None:
+    # Given a 30 s task, with retries to spare, running in a CLI worker process
+    chaos = make_chaos(5.0)
+    worker = chaos.start_worker("-c", "2")
+    task = await chaos.service.add_task("sleep", {"seconds": 30}, max_retries=3)
+    await chaos.wait_for_starts(1, STARTUP_SECONDS)
+
+    # When this process cancels it
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    assert await chaos.service.cancel(task.id) is True
+
+    # Then it stops within about a second and ends CANCELLED, not FAILED, and is not retried
+    with pytest.raises(TaskCancelledError):
+        await chaos.service.wait_for(task.id, timeout=SLACK)
+    assert loop.time() - asked < 2.0
+    stored = await chaos.service.get_task(task.id)
+    assert stored is not None
+    assert (stored.status, stored.attempts, stored.error) == (TaskStatus.CANCELLED, 1, None)
+    assert [entry.event for entry in await chaos.ledger() if entry.task_id == task.id] == ["start"]
+    # ...cancelling again changes nothing, and the worker goes on with other tasks
+    assert await chaos.service.cancel(task.id) is False
+    after = await chaos.service.add_task("chaos")
+    assert await chaos.service.wait_for(after.id, timeout=STARTUP_SECONDS) is None
+    assert worker.alive()

@@ -56,10 +56,28 @@ class Worker:
         self.idle = False
         #: The task being run, if any.
         self.current: Task | None = None
+        # The asyncio task running this worker, and the id of a task it was told to cancel.
+        self._runner: asyncio.Task[None] | None = None
+        self._cancelling: str | None = None
+        self._in_executor = False
         # Completions handed to the broker and not yet confirmed written.
         self._unconfirmed: set[asyncio.Future[bool]] = set()
 
+    def cancel_current(self, task_id: str) -> None:
+        """Stop the task ``task_id`` if this worker is running it; it ends CANCELLED."""
+        current = self.current
+        # Only while the executor runs: a cancel landing while the outcome is being recorded
+        # would stop the worker itself. A task past its executor just finishes.
+        if current is None or current.id != task_id or self._runner is None:
+            return
+        if not self._in_executor:
+            return
+        if self._cancelling != task_id:
+            self._cancelling = task_id
+            self._runner.cancel()
+
     async def run(self) -> None:
+        self._runner = asyncio.current_task()
         try:
             await self._run()
         finally:
@@ -124,9 +142,19 @@ class Worker:
             task.attempts,
         )
         try:
-            result = json_safe(await _run(executor, task), "the executor's return value")
+            self._in_executor = True
+            try:
+                value = await _run(executor, task)
+            finally:
+                self._in_executor = False
+            result = json_safe(value, "the executor's return value")
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
+            if self._cancelling == task.id and current is not None:
+                await self._record_cancelled(task)
+                if current.uncancel() == 0:
+                    return  # nobody else wants this worker stopped: on to the next task
+                raise
             if current is None or not current.cancelling():
                 # The executor's own code was cancelled (it cancelled something it awaited):
                 # a failure of this task, not a request to stop the worker.
@@ -165,6 +193,15 @@ class Worker:
     def _confirmed(self, task: Task, outcome: asyncio.Future[bool]) -> None:
         self._unconfirmed.discard(outcome)
         _report_completion(task, outcome)
+
+    async def _record_cancelled(self, task: Task) -> None:
+        self._cancelling = None
+        try:
+            await asyncio.shield(self._broker.mark_cancelled(task.id, claim_token=task.claim_token))
+        except (BrokerError, KeyError) as error:
+            _log_not_recorded(task, error)
+            return
+        log_task_event(logging.INFO, "task_cancelled", task, "task %s was cancelled", task.id)
 
     async def _handle_failure(self, task: Task, exc: Exception) -> None:
         """Retry the failed attempt if the task's policy allows it, else fail the task."""

@@ -197,6 +197,15 @@ class TaskQueueService:
             raise TaskCancelledError(task)
         raise TaskFailedError(task)
 
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel a task; returns whether anything was cancelled (idempotent).
+
+        A pending or delayed task never runs. A running one is stopped in whichever process
+        runs it (its coroutine is cancelled) and ends CANCELLED, not FAILED, and is not
+        retried. Cancelling a finished or unknown task changes nothing and returns ``False``.
+        """
+        return await self.broker.cancel(task_id)
+
     async def get_task(self, task_id: str) -> Task | None:
         """The task as the broker has it now, or ``None`` for an unknown id."""
         return await self.broker.get_task(task_id)
@@ -209,6 +218,8 @@ class TaskQueueService:
             raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
         if self._state in (ServiceState.STOPPING, ServiceState.STOPPED):
             raise ServiceStateError(f"cannot start workers: the service is {self._state.value}")
+        if self._state is ServiceState.CREATED:
+            self.broker.add_cancel_listener(self._cancel_running)
         self._state = ServiceState.RUNNING
         started = []
         for _ in range(num_workers):
@@ -225,6 +236,10 @@ class TaskQueueService:
         self._worker_tasks.extend(started)
         logger.info("started %d workers", num_workers, extra={"katana_event": "workers_started"})
         return started
+
+    def _cancel_running(self, task_id: str) -> None:
+        for worker in self._workers:
+            worker.cancel_current(task_id)
 
     def _stopping(self) -> bool:
         return self._state is not ServiceState.RUNNING

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Self
 from ..models import TERMINAL_STATUSES
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from types import TracebackType
 
     from ..models import Task, TaskStatus
@@ -140,6 +140,24 @@ class AbstractBroker(ABC):
 
         Brokers without leases have nothing to renew and only check the claim.
         """
+
+    @abstractmethod
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel a task; returns whether anything was cancelled (idempotent).
+
+        A PENDING task, due or delayed, is CANCELLED at once and never runs. For a PROCESSING
+        task the cancellation is requested: the cancel listeners of the process running it
+        (``add_cancel_listener``) are called with its id, and its worker stops it and records
+        it with ``mark_cancelled``. A finished or unknown task is left alone (``False``).
+        """
+
+    @abstractmethod
+    def add_cancel_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(task_id)`` when cancelling a task this process is running."""
+
+    @abstractmethod
+    async def mark_cancelled(self, task_id: str, *, claim_token: str | None = None) -> bool:
+        """Record that a running task stopped because it was cancelled (CANCELLED, no retry)."""
 
     async def wait_finished(self, task_id: str, timeout: float | None = None) -> Task | None:
         """The task once it is in a terminal status; ``None`` for an unknown id.

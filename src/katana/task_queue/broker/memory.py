@@ -53,6 +53,9 @@ class InMemoryBroker(AbstractBroker):
         self._settled_loop: asyncio.AbstractEventLoop | None = None
         # Task id -> futures of wait_finished calls, resolved when it reaches a final status.
         self._finish_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._cancel_listeners: list[Callable[[str], None]] = []
+        # PROCESSING tasks whose cancellation was requested: they must not be queued again.
+        self._cancel_requested: set[str] = set()
         self._settled: dict[bool, asyncio.Future[bool]] = {}
 
     async def close(self) -> None:
@@ -107,6 +110,8 @@ class InMemoryBroker(AbstractBroker):
         counts[task.status] -= 1
         counts[status] += 1
         task.status = status
+        if status in TERMINAL_STATUSES:
+            self._cancel_requested.discard(task.id)
         if self._finish_waiters and status in TERMINAL_STATUSES:
             for waiter in self._finish_waiters.pop(task.id, ()):
                 if not waiter.done():
@@ -305,6 +310,11 @@ class InMemoryBroker(AbstractBroker):
             return False
         if error is not None:
             self._record_error(task, error, traceback)
+        if task_id in self._cancel_requested:  # cancelled while it ran: it does not run again
+            self._set_status(task, TaskStatus.CANCELLED)
+            task.claim_token = None
+            task.finished_at = utcnow()
+            return True
         due = datetime.fromtimestamp(self._clock(), UTC) + timedelta(seconds=delay_seconds)
         self._make_pending(task, due)
         return True
@@ -330,6 +340,34 @@ class InMemoryBroker(AbstractBroker):
             and task.status is TaskStatus.PROCESSING
             and task.claim_token == claim_token
         )
+
+    async def cancel(self, task_id: str) -> bool:
+        self._ensure_open()
+        task = self._tasks.get(task_id)
+        if task is None or task.status in TERMINAL_STATUSES:
+            return False
+        if task.status is TaskStatus.PENDING:
+            self._queued.pop(task_id, None)
+            self._set_status(task, TaskStatus.CANCELLED)
+            task.finished_at = utcnow()
+            return True
+        self._cancel_requested.add(task_id)
+        for listener in list(self._cancel_listeners):
+            listener(task_id)
+        return True
+
+    def add_cancel_listener(self, listener: Callable[[str], None]) -> None:
+        self._cancel_listeners.append(listener)
+
+    async def mark_cancelled(self, task_id: str, *, claim_token: str | None = None) -> bool:
+        self._ensure_open()
+        task = self._claimed(task_id, claim_token)
+        if task is None:
+            return False
+        self._set_status(task, TaskStatus.CANCELLED)
+        task.claim_token = None
+        task.finished_at = utcnow()
+        return True
 
     async def update_task_status(self, task_id: str, status: TaskStatus) -> None:
         self._ensure_open()

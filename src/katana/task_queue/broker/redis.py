@@ -73,7 +73,16 @@ _BACKOFF_MAX_SECONDS = 2.0
 def _load_scripts() -> dict[str, str]:
     folder = resources.files(__package__).joinpath("redis_lua")
     prelude = folder.joinpath("_prelude.lua").read_text()
-    names = ("enqueue", "claim", "finish", "set_status", "heartbeat", "quarantine", "counts")
+    names = (
+        "enqueue",
+        "claim",
+        "finish",
+        "set_status",
+        "heartbeat",
+        "quarantine",
+        "counts",
+        "cancel",
+    )
     return {name: prelude + folder.joinpath(f"{name}.lua").read_text() for name in names}
 
 
@@ -150,6 +159,7 @@ class RedisBroker(AbstractBroker):
         # The last claim's mode: b"exclusive" (we hold a suspect task, alone) or
         # b"suspect_waiting" (a suspect waits for a consumer that holds nothing).
         self._claim_mode = b""
+        self._cancel_listeners: list[Callable[[str], None]] = []
         self._demand = asyncio.Event()
         self._wake = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -440,18 +450,23 @@ class RedisBroker(AbstractBroker):
         return self._closing
 
     async def _listen_loop(self) -> None:
-        """Turn the queue's wake-up notifications into ``_wake`` events."""
-        channel = f"{self.prefix}:wake"
+        """Turn the queue's notifications into ``_wake`` events and cancellation requests."""
+        wake_channel = f"{self.prefix}:wake".encode()
+        cancel_channel = f"{self.prefix}:cancel".encode()
         backoff = _BACKOFF_FIRST_SECONDS
         while not self._stopping():
             pubsub: PubSub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(channel)
+                await pubsub.subscribe(wake_channel, cancel_channel)
                 self._wake.set()  # anything published while we were away is now missed
                 backoff = _BACKOFF_FIRST_SECONDS
                 while not self._stopping():
                     message = await pubsub.get_message(timeout=_SAFETY_POLL_SECONDS)
-                    if message is not None:
+                    if message is None:
+                        continue
+                    if message.get("channel") == cancel_channel:
+                        self._cancel_requested(bytes(message["data"]).decode(errors="replace"))
+                    else:
                         self._wake.set()
             except (RedisError, OSError) as exc:
                 logger.debug("wake-up channel lost (%s); resubscribing", exc)
@@ -484,10 +499,9 @@ class RedisBroker(AbstractBroker):
         args: list[Any] = [self._now_ms(), int(self.lease_seconds * 1000), self.max_deliveries]
         for task_id, token in held:
             args += [task_id, token]
-        reply = await self._run("heartbeat", args)
-        split = reply.index(b"|")
+        lost, requeued, quarantined, dead, cancel_requested = await self._run("heartbeat", args)
         renewed = dict(held)
-        for raw_id in reply[:split]:
+        for raw_id in lost:
             task_id = raw_id.decode()
             token = renewed.get(task_id, "")
             if self._held.get(task_id) != token:
@@ -498,15 +512,16 @@ class RedisBroker(AbstractBroker):
                 task_id,
                 extra={"katana_event": "lease_lost", "task_id": task_id},
             )
-        requeued = int(reply[split + 1])
-        self._log_quarantined(reply[split + 2])
+        self._log_quarantined(quarantined)
         if requeued:
             logger.warning(
                 "%d tasks whose worker stopped renewing its lease are PENDING again",
                 requeued,
                 extra={"katana_event": "leases_recovered"},
             )
-        for raw_id in reply[split + 3 :]:
+        for raw_id in cancel_requested:
+            self._cancel_requested(raw_id.decode())
+        for raw_id in dead:
             logger.error(
                 "task %s is DEAD: delivered %d times and each time its worker was lost",
                 raw_id.decode(),
@@ -633,7 +648,21 @@ class RedisBroker(AbstractBroker):
                 claim_token,
             ],
         )
-        return bool(reply[0] == b"|")  # nothing before the separator: the claim was renewed
+        return not reply[0]  # no lost ids: the claim was renewed
+
+    async def cancel(self, task_id: str) -> bool:
+        return int(await self._run("cancel", [self._now_ms(), task_id])) > 0
+
+    def add_cancel_listener(self, listener: Callable[[str], None]) -> None:
+        self._cancel_listeners.append(listener)
+
+    def _cancel_requested(self, task_id: str) -> None:
+        if task_id in self._held:  # ours: tell whoever runs it here
+            for listener in self._cancel_listeners:
+                listener(task_id)
+
+    async def mark_cancelled(self, task_id: str, *, claim_token: str | None = None) -> bool:
+        return await self._submit("cancel", task_id, claim_token, "", "")
 
     async def update_task_status(self, task_id: str, status: TaskStatus) -> None:
         code = await self._run(

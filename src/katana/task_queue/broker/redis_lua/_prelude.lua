@@ -9,6 +9,7 @@ local processing_key = prefix .. ':processing'
 local counts_key = prefix .. ':counts'
 local quarantine_key = prefix .. ':quarantine'
 local wake_channel = prefix .. ':wake'
+local cancel_channel = prefix .. ':cancel'
 local QUARANTINE_KEEP = 10000
 
 local function task_key(id)
@@ -109,6 +110,7 @@ end
 -- Record the outcomes of claimed tasks: ARGV[first .. last] holds six values per outcome:
 -- op, id, claim_token ('' = unchecked), a, b, c, where op is
 --   'complete': a = result as JSON ('' for none)
+--   'cancel':   the running task stopped because its cancellation was requested
 --   'fail':     a = error, b = traceback, c = the attempt's error entry as JSON
 --   'requeue':  a = delay in ms before the task is due again; for a retry b = error and
 --               c = the attempt's error entry as JSON ('' for a plain hand-back)
@@ -132,6 +134,12 @@ local function apply_outcomes(first, last, now_ms)
       else
         unplace(key, id)
         redis.call('HDEL', key, 'claim_token')
+        if op == 'requeue' and redis.call('HGET', key, 'cancel_requested') then
+          op = 'cancel'  -- cancelled while it ran: it does not run again
+        end
+        if op ~= 'requeue' then
+          redis.call('HDEL', key, 'cancel_requested')
+        end
         if op == 'complete' then
           count_transition(status, 'COMPLETED')
           redis.call('HSET', key, 'status', 'COMPLETED', 'finished_at', now_s)
@@ -141,6 +149,10 @@ local function apply_outcomes(first, last, now_ms)
           else
             redis.call('HDEL', key, 'result')
           end
+        elseif op == 'cancel' then
+          count_transition(status, 'CANCELLED')
+          redis.call('HSET', key, 'status', 'CANCELLED', 'finished_at', now_s)
+          redis.call('HDEL', key, 'cancel_requested')
         elseif op == 'fail' then
           count_transition(status, 'FAILED')
           redis.call('HSET', key, 'status', 'FAILED', 'finished_at', now_s,

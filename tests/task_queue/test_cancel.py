@@ -1,0 +1,144 @@
+"""Cancellation of pending, delayed and running tasks: the same on every broker."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import pytest
+
+from katana.task_queue.broker import InMemoryBroker
+from katana.task_queue.broker.redis import RedisBroker
+from katana.task_queue.errors import TaskCancelledError
+from katana.task_queue.models import Task, TaskStatus
+from katana.task_queue.service import TaskQueueService
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from katana.task_queue.broker.base import AbstractBroker
+
+GUARD_SECONDS = 30.0
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[AbstractBroker]:
+    if request.param == "memory":
+        async with InMemoryBroker() as memory:
+            yield memory
+        return
+    redis_url: str = request.getfixturevalue("redis_url")
+    queue_name: str = request.getfixturevalue("queue_name")
+    redis = RedisBroker(redis_url, queue=queue_name)
+    try:
+        yield redis
+    finally:
+        await redis.purge()
+        await redis.close()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+        self.started = asyncio.Event()
+        self.stopped = asyncio.Event()
+
+    async def record(self, task: Task) -> None:
+        self.ran.append(task.id)
+
+    async def long(self, task: Task) -> None:
+        self.ran.append(task.id)
+        self.started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            self.stopped.set()
+
+
+@pytest.fixture
+async def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def service(broker: AbstractBroker, recorder: Recorder) -> AsyncIterator[TaskQueueService]:
+    service = TaskQueueService(
+        broker=broker, task_executors={"record": recorder.record, "long": recorder.long}
+    )
+    yield service
+    await service.shutdown(timeout=1)
+
+
+async def test_a_cancelled_pending_task_never_runs(
+    service: TaskQueueService, recorder: Recorder
+) -> None:
+    task = await service.add_task("record")
+
+    assert await service.cancel(task.id) is True
+    assert await service.cancel(task.id) is False  # idempotent
+
+    other = await service.add_task("record")
+    service.start_workers(2)
+    await service.wait_idle(timeout=GUARD_SECONDS)
+    assert recorder.ran == [other.id]
+    stored = await service.get_task(task.id)
+    assert stored is not None
+    assert (stored.status, stored.attempts) == (TaskStatus.CANCELLED, 0)
+    with pytest.raises(TaskCancelledError):
+        await service.wait_for(task.id, timeout=GUARD_SECONDS)
+
+
+async def test_a_cancelled_delayed_task_never_runs(
+    service: TaskQueueService, recorder: Recorder
+) -> None:
+    # Given a task delayed by 0.2 s, cancelled at once
+    task = await service.add_task("record", delay_seconds=0.2)
+    assert await service.cancel(task.id) is True
+
+    # When a later task, due after it would have been, has run
+    service.start_workers(2)
+    later = await service.add_task("record", delay_seconds=0.4)
+    await service.wait_idle(timeout=GUARD_SECONDS)
+
+    # Then only the later one ran
+    assert recorder.ran == [later.id]
+    counts = await service.broker.count_by_status()
+    assert (counts[TaskStatus.CANCELLED], counts[TaskStatus.COMPLETED]) == (1, 1)
+
+
+async def test_a_running_task_is_stopped_and_ends_cancelled_without_retry(
+    service: TaskQueueService, recorder: Recorder
+) -> None:
+    task = await service.add_task("long", max_retries=3)
+    service.start_workers(2)
+    await asyncio.wait_for(recorder.started.wait(), GUARD_SECONDS)
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+
+    assert await service.cancel(task.id) is True
+
+    with pytest.raises(TaskCancelledError):
+        await service.wait_for(task.id, timeout=GUARD_SECONDS)
+    assert recorder.stopped.is_set()
+    assert loop.time() - asked < 1.5
+    stored = await service.get_task(task.id)
+    assert stored is not None
+    assert (stored.status, stored.attempts, stored.errors) == (TaskStatus.CANCELLED, 1, [])
+    # The worker goes on with the next task
+    after = await service.add_task("record")
+    await service.wait_for(after.id, timeout=GUARD_SECONDS)
+    assert recorder.ran == [task.id, after.id]
+
+
+async def test_cancelling_a_finished_or_unknown_task_changes_nothing(
+    service: TaskQueueService,
+) -> None:
+    task = await service.add_task("record")
+    service.start_workers(1)
+    await service.wait_for(task.id, timeout=GUARD_SECONDS)
+
+    assert await service.cancel(task.id) is False
+    assert await service.cancel("no-such-task") is False
+    stored = await service.get_task(task.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.COMPLETED
