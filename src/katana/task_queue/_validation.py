@@ -14,11 +14,13 @@ __all__ = [
     "MAX_DELAY_SECONDS",
     "MAX_PAYLOAD_BYTES",
     "MAX_PRIORITY",
+    "MAX_UNIQUE_KEY_LENGTH",
     "MIN_PRIORITY",
     "check_delay",
     "check_max_retries",
     "check_priority",
     "check_timeout",
+    "check_unique_key",
     "detached_payload",
     "json_safe",
 ]
@@ -28,6 +30,8 @@ MIN_PRIORITY = -(2**31)
 MAX_PRIORITY = 2**31 - 1
 #: Longer delays belong in a scheduler, not in a queue.
 MAX_DELAY_SECONDS = 30 * 24 * 3600.0
+#: Unique keys are identifiers, not documents.
+MAX_UNIQUE_KEY_LENGTH = 512
 #: The largest JSON-encoded payload a task may carry.
 MAX_PAYLOAD_BYTES = 1024 * 1024
 
@@ -80,6 +84,15 @@ def check_timeout(timeout_seconds: object) -> float | None:
             f"timeout_seconds must be finite and above 0, got {timeout_seconds!r}"
         )
     return float(timeout_seconds)
+
+
+def check_unique_key(unique_key: object) -> str:
+    if not isinstance(unique_key, str) or not 0 < len(unique_key) <= MAX_UNIQUE_KEY_LENGTH:
+        raise InvalidTaskError(
+            f"unique_key must be a non-empty str of at most {MAX_UNIQUE_KEY_LENGTH} characters,"
+            f" got {unique_key!r:.80}"
+        )
+    return unique_key
 
 
 def detached_payload(payload: object) -> dict[str, Any]:

@@ -85,6 +85,8 @@ class Task:
     timeout_seconds: float | None = None
     #: One entry per failed attempt, oldest first: ``attempt``, ``error``, ``traceback``, ``at``.
     errors: list[dict[str, Any]] = field(default_factory=list)
+    #: While this task is PENDING or PROCESSING, no other task with this key is created.
+    unique_key: str | None = None
 
     def copy(self) -> Task:
         """A copy that shares no mutable state with this task (payload and result included)."""
@@ -115,6 +117,7 @@ class Task:
         clone.timeout_seconds = self.timeout_seconds
         errors = self.errors
         clone.errors = orjson.loads(orjson.dumps(errors)) if errors else []
+        clone.unique_key = self.unique_key
         return clone
 
 
@@ -147,6 +150,7 @@ def new_pending_task(
     task.max_retries = max_retries
     task.timeout_seconds = timeout_seconds
     task.errors = []
+    task.unique_key = None
     return task
 
 

@@ -16,6 +16,7 @@ from ._validation import (
     check_max_retries,
     check_priority,
     check_timeout,
+    check_unique_key,
     detached_payload,
 )
 from ._worker import Worker
@@ -115,17 +116,26 @@ class TaskQueueService:
         *,
         max_retries: int | None = None,
         timeout_seconds: float | None = None,
+        unique_key: str | None = None,
     ) -> Task:
         """Create a task and enqueue it; returns the created task (a copy of what is stored).
 
         ``max_retries`` and ``timeout_seconds`` override what ``name`` was registered with.
+        With ``unique_key``, while a task with that key is PENDING or PROCESSING, that task
+        is returned instead and nothing new is created.
 
         Raises:
             UnknownTaskError: no executor is registered under ``name`` (a ``ValueError``).
             InvalidTaskError: an argument is invalid (a ``ValueError``); nothing was enqueued.
         """
         task = self._new_task(name, payload, priority, delay_seconds, max_retries, timeout_seconds)
-        await self.broker.enqueue(task)
+        if unique_key is not None:
+            task.unique_key = check_unique_key(unique_key)
+            existing = await self.broker.enqueue_unique(task)
+            if existing is not None:
+                return existing
+        else:
+            await self.broker.enqueue(task)
         log_task_event(
             logging.INFO,
             "task_created",

@@ -22,8 +22,8 @@ def epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def encode_new_task(task: Task) -> list[Any]:
-    """The nine values ``enqueue.lua`` takes for one task."""
+def encode_new_task(task: Task, *, unique: bool = False) -> list[Any]:
+    """The ten values ``enqueue.lua`` takes for one task (its unique key only if ``unique``)."""
     return [
         task.id,
         task.name,
@@ -34,6 +34,7 @@ def encode_new_task(task: Task) -> list[Any]:
         epoch_ms(task.scheduled_at),
         task.max_retries,
         "" if task.timeout_seconds is None else repr(task.timeout_seconds),
+        task.unique_key or "" if unique else "",
     ]
 
 
@@ -58,6 +59,7 @@ def decode_task(fields: dict[bytes, bytes], task_id: str) -> Task:
         raw_timeout = fields.get(b"timeout_seconds")
         timeout_seconds = None if raw_timeout is None else float(raw_timeout)
         errors = _attempt_errors(fields)
+        unique_key = _text(fields.get(b"unique_key"))
     except KeyError as exc:
         raise MalformedRecordError(f"missing or invalid field {exc}") from exc
     except (ValueError, TypeError, OverflowError) as exc:  # orjson errors are ValueErrors
@@ -82,6 +84,7 @@ def decode_task(fields: dict[bytes, bytes], task_id: str) -> Task:
         max_retries=max_retries,
         timeout_seconds=timeout_seconds,
         errors=errors,
+        unique_key=unique_key,
     )
     return task
 

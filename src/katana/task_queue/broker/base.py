@@ -63,6 +63,14 @@ class AbstractBroker(ABC):
     async def enqueue(self, task: Task) -> None:
         """Store ``task`` as PENDING; it becomes due at ``task.scheduled_at``."""
 
+    @abstractmethod
+    async def enqueue_unique(self, task: Task) -> Task | None:
+        """Store ``task`` unless an unfinished task holds its ``unique_key``: in one step.
+
+        Returns ``None`` when ``task`` was stored, else (a copy of) the PENDING or PROCESSING
+        task holding the key. The key is free again once that task finishes.
+        """
+
     async def enqueue_many(self, tasks: Iterable[Task]) -> None:
         """Store several tasks; networked brokers do it in one round trip."""
         for task in tasks:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["InMemoryBroker"]
 
+_UNFINISHED = frozenset({TaskStatus.PENDING, TaskStatus.PROCESSING})
 _ReadyEntry = tuple[int, float, int, str]  # (priority, due timestamp, sequence, task id)
 _DelayedEntry = tuple[float, int, int, str]  # (due timestamp, sequence, priority, task id)
 
@@ -54,6 +55,8 @@ class InMemoryBroker(AbstractBroker):
         # Task id -> futures of wait_finished calls, resolved when it reaches a final status.
         self._finish_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._cancel_listeners: list[Callable[[str], None]] = []
+        # Unique key -> id of the task that took it (free again once that task finished).
+        self._unique: dict[str, str] = {}
         # PROCESSING tasks whose cancellation was requested: they must not be queued again.
         self._cancel_requested: set[str] = set()
         self._settled: dict[bool, asyncio.Future[bool]] = {}
@@ -78,6 +81,18 @@ class InMemoryBroker(AbstractBroker):
     async def enqueue(self, task: Task) -> None:
         self._ensure_open()
         self._store(task)
+
+    async def enqueue_unique(self, task: Task) -> Task | None:
+        self._ensure_open()
+        key = task.unique_key
+        if not key:
+            raise ValueError("enqueue_unique needs a task with a unique_key")
+        holder = self._tasks.get(self._unique.get(key, ""))
+        if holder is not None and holder.status in _UNFINISHED:
+            return holder.copy()
+        self._store(task)
+        self._unique[key] = task.id
+        return None
 
     async def enqueue_many(self, tasks: Iterable[Task]) -> None:
         self._ensure_open()
@@ -112,6 +127,8 @@ class InMemoryBroker(AbstractBroker):
         task.status = status
         if status in TERMINAL_STATUSES:
             self._cancel_requested.discard(task.id)
+            if task.unique_key is not None and self._unique.get(task.unique_key) == task.id:
+                del self._unique[task.unique_key]
         if self._finish_waiters and status in TERMINAL_STATUSES:
             for waiter in self._finish_waiters.pop(task.id, ()):
                 if not waiter.done():

@@ -272,17 +272,32 @@ class RedisBroker(AbstractBroker):
     # -- producing -----------------------------------------------------------------------
 
     async def enqueue(self, task: Task) -> None:
-        self._log_quarantined(await self._run("enqueue", [self._now_ms(), *encode_new_task(task)]))
+        quarantined, _ = await self._run("enqueue", [self._now_ms(), *encode_new_task(task)])
+        self._log_quarantined(quarantined)
+
+    async def enqueue_unique(self, task: Task) -> Task | None:
+        if not task.unique_key:
+            raise ValueError("enqueue_unique needs a task with a unique_key")
+        args = [self._now_ms(), *encode_new_task(task, unique=True)]
+        quarantined, (held_by,) = await self._run("enqueue", args)
+        self._log_quarantined(quarantined)
+        if not held_by:
+            return None
+        existing = await self.get_task(held_by.decode())
+        # It finished in between: the key is free again, so take it.
+        return existing if existing is not None else await self.enqueue_unique(task)
 
     async def enqueue_many(self, tasks: Iterable[Task]) -> None:
         args: list[Any] = []
         for task in tasks:
             args.extend(encode_new_task(task))
-            if len(args) >= 9 * 1000:  # keep each script call short: it blocks Redis
-                self._log_quarantined(await self._run("enqueue", [self._now_ms(), *args]))
+            if len(args) >= 10 * 1000:  # keep each script call short: it blocks Redis
+                quarantined, _ = await self._run("enqueue", [self._now_ms(), *args])
+                self._log_quarantined(quarantined)
                 args = []
         if args:
-            self._log_quarantined(await self._run("enqueue", [self._now_ms(), *args]))
+            quarantined, _ = await self._run("enqueue", [self._now_ms(), *args])
+            self._log_quarantined(quarantined)
 
     # -- consuming -----------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ local ready_key = prefix .. ':ready'
 local delayed_key = prefix .. ':delayed'
 local processing_key = prefix .. ':processing'
 local counts_key = prefix .. ':counts'
+local unique_key = prefix .. ':unique'
 local quarantine_key = prefix .. ':quarantine'
 local wake_channel = prefix .. ':wake'
 local cancel_channel = prefix .. ':cancel'
@@ -53,6 +54,7 @@ end
 -- that garbage there cannot abort a script halfway through its writes.
 ensure_type(quarantine_key, 'list', tonumber(ARGV[2]))
 ensure_type(counts_key, 'hash', tonumber(ARGV[2]))
+ensure_type(unique_key, 'hash', tonumber(ARGV[2]))
 
 -- The task's record, or nil (and the entry quarantined) when it is missing or not a hash.
 local function task_record(id, entry, now_ms)
@@ -97,13 +99,18 @@ end
 
 local TERMINAL = {COMPLETED = true, FAILED = true, CANCELLED = true, DEAD = true}
 
--- Keep the per-status counters of terminal states in step with a status change.
-local function count_transition(old_status, new_status)
+-- Keep the per-status counters of terminal states in step with a status change of the task
+-- stored at `key`; a task that finishes gives up its unique key.
+local function count_transition(key, old_status, new_status)
   if old_status and TERMINAL[old_status] then
     redis.call('HINCRBY', counts_key, old_status, -1)
   end
   if TERMINAL[new_status] then
     redis.call('HINCRBY', counts_key, new_status, 1)
+    local unique = redis.call('HGET', key, 'unique_key')
+    if unique and redis.call('HGET', unique_key, unique) == string.sub(key, #prefix + 7) then
+      redis.call('HDEL', unique_key, unique)
+    end
   end
 end
 
@@ -141,7 +148,7 @@ local function apply_outcomes(first, last, now_ms)
           redis.call('HDEL', key, 'cancel_requested')
         end
         if op == 'complete' then
-          count_transition(status, 'COMPLETED')
+          count_transition(key, status, 'COMPLETED')
           redis.call('HSET', key, 'status', 'COMPLETED', 'finished_at', now_s)
           redis.call('HDEL', key, 'error', 'traceback')
           if ARGV[base + 3] ~= '' then
@@ -150,16 +157,16 @@ local function apply_outcomes(first, last, now_ms)
             redis.call('HDEL', key, 'result')
           end
         elseif op == 'cancel' then
-          count_transition(status, 'CANCELLED')
+          count_transition(key, status, 'CANCELLED')
           redis.call('HSET', key, 'status', 'CANCELLED', 'finished_at', now_s)
           redis.call('HDEL', key, 'cancel_requested')
         elseif op == 'fail' then
-          count_transition(status, 'FAILED')
+          count_transition(key, status, 'FAILED')
           redis.call('HSET', key, 'status', 'FAILED', 'finished_at', now_s,
             'error', ARGV[base + 3], 'traceback', ARGV[base + 4],
             'err:' .. (redis.call('HGET', key, 'attempts') or '0'), ARGV[base + 5])
         else
-          count_transition(status, 'PENDING')
+          count_transition(key, status, 'PENDING')
           local due_ms = now_ms + tonumber(ARGV[base + 3])
           redis.call('HSET', key, 'status', 'PENDING',
             'scheduled_at', string.format('%.6f', due_ms / 1000))

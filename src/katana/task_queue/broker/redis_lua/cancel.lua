@@ -10,7 +10,7 @@ end
 local status = redis.call('HGET', key, 'status')
 if status == 'PENDING' then
   unplace(key, id)
-  count_transition(status, 'CANCELLED')
+  count_transition(key, status, 'CANCELLED')
   redis.call('HSET', key, 'status', 'CANCELLED',
     'finished_at', string.format('%.6f', now_ms / 1000))
   return 1

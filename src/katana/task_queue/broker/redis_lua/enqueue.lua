@@ -1,35 +1,64 @@
--- Store tasks as PENDING and queue them. ARGV: prefix, now_ms, then per task nine values:
+-- Store tasks as PENDING and queue them. ARGV: prefix, now_ms, then per task ten values:
 -- id, name, payload (JSON), priority, created_at, scheduled_at (epoch seconds), due_ms,
--- max_retries, timeout_seconds ('' for none).
+-- max_retries, timeout_seconds ('' for none), unique_key ('' for none).
+-- Returns {quarantined entry/reason pairs, one value per task: '' when stored, or the id of
+-- the PENDING or PROCESSING task that holds its unique key (then nothing was stored)}.
 local now_ms = tonumber(ARGV[2])
 ensure_type(ready_key, 'zset', now_ms)
 ensure_type(delayed_key, 'zset', now_ms)
-local due_now = 0
-for base = 3, #ARGV, 9 do
-  local id = ARGV[base]
+
+-- The id of the unfinished task holding `unique`, if any.
+local function holder(unique)
+  local id = redis.call('HGET', unique_key, unique)
+  if not id then
+    return nil
+  end
   local key = task_key(id)
-  local kind = redis.call('TYPE', key).ok
-  if kind == 'hash' then
-    -- Storing an id again replaces the old task (a producer retrying its own write).
-    unplace(key, id)
-    count_transition(redis.call('HGET', key, 'status'), 'PENDING')
-    redis.call('DEL', key)
-  elseif kind ~= 'none' then
-    redis.call('DEL', key)
+  if redis.call('TYPE', key).ok == 'hash' then
+    local status = redis.call('HGET', key, 'status')
+    if status == 'PENDING' or status == 'PROCESSING' then
+      return id
+    end
   end
-  local priority = tonumber(ARGV[base + 3])
-  local due_ms = tonumber(ARGV[base + 6])
-  redis.call('HSET', key, 'name', ARGV[base + 1], 'payload', ARGV[base + 2],
-    'priority', ARGV[base + 3], 'created_at', ARGV[base + 4], 'scheduled_at', ARGV[base + 5],
-    'status', 'PENDING', 'attempts', 0, 'deliveries', 0, 'max_retries', ARGV[base + 7])
-  if ARGV[base + 8] ~= '' then
-    redis.call('HSET', key, 'timeout_seconds', ARGV[base + 8])
-  end
-  place(key, id, priority, due_ms, now_ms)
-  if due_ms <= now_ms then
-    due_now = due_now + 1
+  return nil
+end
+
+local due_now = 0
+local held_by = {}
+for base = 3, #ARGV, 10 do
+  local id = ARGV[base]
+  local unique = ARGV[base + 9]
+  local existing = unique ~= '' and holder(unique)
+  held_by[#held_by + 1] = existing or ''
+  if not existing then
+    local key = task_key(id)
+    local kind = redis.call('TYPE', key).ok
+    if kind == 'hash' then
+      -- Storing an id again replaces the old task (a producer retrying its own write).
+      unplace(key, id)
+      count_transition(key, redis.call('HGET', key, 'status'), 'PENDING')
+      redis.call('DEL', key)
+    elseif kind ~= 'none' then
+      redis.call('DEL', key)
+    end
+    local priority = tonumber(ARGV[base + 3])
+    local due_ms = tonumber(ARGV[base + 6])
+    redis.call('HSET', key, 'name', ARGV[base + 1], 'payload', ARGV[base + 2],
+      'priority', ARGV[base + 3], 'created_at', ARGV[base + 4], 'scheduled_at', ARGV[base + 5],
+      'status', 'PENDING', 'attempts', 0, 'deliveries', 0, 'max_retries', ARGV[base + 7])
+    if ARGV[base + 8] ~= '' then
+      redis.call('HSET', key, 'timeout_seconds', ARGV[base + 8])
+    end
+    if unique ~= '' then
+      redis.call('HSET', key, 'unique_key', unique)
+      redis.call('HSET', unique_key, unique, id)
+    end
+    place(key, id, priority, due_ms, now_ms)
+    if due_ms <= now_ms then
+      due_now = due_now + 1
+    end
   end
 end
 -- Every enqueue wakes the consumers: a delayed task may now be the next one due.
 redis.call('PUBLISH', wake_channel, due_now)
-return quarantined_now
+return {quarantined_now, held_by}

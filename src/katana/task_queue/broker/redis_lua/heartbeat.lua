@@ -31,7 +31,7 @@ local dead = {}
 local function recover(key, id)
   if redis.call('HGET', key, 'cancel_requested') then
     -- Its worker was lost while the task was being cancelled: it is cancelled now.
-    count_transition('PROCESSING', 'CANCELLED')
+    count_transition(key, 'PROCESSING', 'CANCELLED')
     redis.call('HSET', key, 'status', 'CANCELLED', 'finished_at', now_s)
     redis.call('HDEL', key, 'cancel_requested')
     return
@@ -40,7 +40,7 @@ local function recover(key, id)
   local lost = (tonumber(redis.call('HGET', key, 'lost') or '0') or max_deliveries) + 1
   redis.call('HSET', key, 'lost', lost)
   if lost >= max_deliveries then
-    count_transition('PROCESSING', 'DEAD')
+    count_transition(key, 'PROCESSING', 'DEAD')
     redis.call('HSET', key, 'status', 'DEAD', 'finished_at', now_s, 'error',
       'WorkerLost: delivered ' .. lost .. ' times and each time the worker stopped ' ..
       'renewing its lease before the task finished')

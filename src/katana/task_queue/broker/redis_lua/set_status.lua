@@ -11,7 +11,7 @@ local now_s = string.format('%.6f', now_ms / 1000)
 if status == 'PENDING' then
   if old ~= 'PENDING' then
     unplace(key, id)
-    count_transition(old, status)
+    count_transition(key, old, status)
     redis.call('HSET', key, 'status', 'PENDING')
     redis.call('HDEL', key, 'claim_token', 'finished_at')
     local scheduled = tonumber(redis.call('HGET', key, 'scheduled_at')) or (now_ms / 1000)
@@ -22,7 +22,7 @@ if status == 'PENDING' then
   return 1
 end
 unplace(key, id)
-count_transition(old, status)
+count_transition(key, old, status)
 redis.call('HSET', key, 'status', status)
 if status == 'PROCESSING' then
   -- Set by hand, not claimed: nobody holds a token, so the lease will expire unrenewed.
