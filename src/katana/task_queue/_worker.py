@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ._events import log_task_event, logger
 from ._validation import json_safe
 from .config import DEFAULT_RETRY_POLICY, RetryPolicy
+from .context import reset_running, running
 from .errors import BrokerClosedError, BrokerError, Retry, TaskTimeoutError, UnknownTaskError
 
 if TYPE_CHECKING:
@@ -143,10 +144,12 @@ class Worker:
         )
         try:
             self._in_executor = True
+            token = running(broker, task)
             try:
                 value = await _run(executor, task)
             finally:
                 self._in_executor = False
+                reset_running(token)
             result = json_safe(value, "the executor's return value")
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()

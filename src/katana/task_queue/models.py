@@ -87,6 +87,9 @@ class Task:
     errors: list[dict[str, Any]] = field(default_factory=list)
     #: While this task is PENDING or PROCESSING, no other task with this key is created.
     unique_key: str | None = None
+    #: What the executor last reported with ``report_progress``: a fraction 0..1 and a note.
+    progress: float | None = None
+    progress_message: str | None = None
 
     def copy(self) -> Task:
         """A copy that shares no mutable state with this task (payload and result included)."""
@@ -118,6 +121,8 @@ class Task:
         errors = self.errors
         clone.errors = orjson.loads(orjson.dumps(errors)) if errors else []
         clone.unique_key = self.unique_key
+        clone.progress = self.progress
+        clone.progress_message = self.progress_message
         return clone
 
 
@@ -151,6 +156,7 @@ def new_pending_task(
     task.timeout_seconds = timeout_seconds
     task.errors = []
     task.unique_key = None
+    task.progress = task.progress_message = None
     return task
 
 

@@ -60,6 +60,9 @@ def decode_task(fields: dict[bytes, bytes], task_id: str) -> Task:
         timeout_seconds = None if raw_timeout is None else float(raw_timeout)
         errors = _attempt_errors(fields)
         unique_key = _text(fields.get(b"unique_key"))
+        raw_progress = fields.get(b"progress")
+        progress = None if raw_progress is None else float(raw_progress)
+        progress_message = _text(fields.get(b"progress_message"))
     except KeyError as exc:
         raise MalformedRecordError(f"missing or invalid field {exc}") from exc
     except (ValueError, TypeError, OverflowError) as exc:  # orjson errors are ValueErrors
@@ -85,6 +88,8 @@ def decode_task(fields: dict[bytes, bytes], task_id: str) -> Task:
         timeout_seconds=timeout_seconds,
         errors=errors,
         unique_key=unique_key,
+        progress=progress,
+        progress_message=progress_message,
     )
     return task
 

@@ -143,6 +143,12 @@ class AbstractBroker(ABC):
         """
 
     @abstractmethod
+    async def set_progress(
+        self, task_id: str, fraction: float, message: str, *, claim_token: str | None = None
+    ) -> bool:
+        """Record a running task's progress; ``False`` if the claim was lost."""
+
+    @abstractmethod
     async def extend_lease(self, task_id: str, claim_token: str) -> bool:
         """Renew the claim on a PROCESSING task; ``False`` if that claim is not the current one.
 

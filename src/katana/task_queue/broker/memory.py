@@ -349,6 +349,17 @@ class InMemoryBroker(AbstractBroker):
         task.finished_at = None
         self._push(task)
 
+    async def set_progress(
+        self, task_id: str, fraction: float, message: str, *, claim_token: str | None = None
+    ) -> bool:
+        self._ensure_open()
+        task = self._claimed(task_id, claim_token)
+        if task is None or task.status is not TaskStatus.PROCESSING:
+            return False
+        task.progress = fraction
+        task.progress_message = message
+        return True
+
     async def extend_lease(self, task_id: str, claim_token: str) -> bool:
         self._ensure_open()
         task = self._tasks.get(task_id)

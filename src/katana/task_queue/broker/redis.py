@@ -73,16 +73,12 @@ _BACKOFF_MAX_SECONDS = 2.0
 def _load_scripts() -> dict[str, str]:
     folder = resources.files(__package__).joinpath("redis_lua")
     prelude = folder.joinpath("_prelude.lua").read_text()
-    names = (
-        "enqueue",
-        "claim",
-        "finish",
-        "set_status",
-        "heartbeat",
-        "quarantine",
-        "counts",
-        "cancel",
-    )
+    # Every script file but the prelude, which each of them starts with.
+    names = [
+        entry.name.removesuffix(".lua")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".lua") and not entry.name.startswith("_")
+    ]
     return {name: prelude + folder.joinpath(f"{name}.lua").read_text() for name in names}
 
 
@@ -651,6 +647,15 @@ class RedisBroker(AbstractBroker):
             return await self._submit("requeue", task_id, claim_token, delay_ms, "")
         entry = self._error_entry(error, traceback)
         return await self._submit("requeue", task_id, claim_token, delay_ms, error, entry)
+
+    async def set_progress(
+        self, task_id: str, fraction: float, message: str, *, claim_token: str | None = None
+    ) -> bool:
+        args = [self._now_ms(), task_id, claim_token or "", repr(float(fraction)), message]
+        code = int(await self._run("progress", args))
+        if code < 0:
+            raise KeyError(task_id)
+        return code == 1
 
     async def extend_lease(self, task_id: str, claim_token: str) -> bool:
         reply = await self._run(
