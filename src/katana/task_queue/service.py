@@ -176,8 +176,15 @@ class TaskQueueService:
             )
         priority = check_priority(priority)
         delay = check_delay(delay_seconds)
-        retries = self._policies[name].max_retries if max_retries is None else max_retries
-        timeout = self._timeouts[name] if timeout_seconds is None else timeout_seconds
+        # Registered defaults were checked by register(); only overrides are checked here.
+        if max_retries is None:
+            max_retries = self._policies[name].max_retries
+        else:
+            max_retries = check_max_retries(max_retries)
+        if timeout_seconds is None:
+            timeout_seconds = self._timeouts[name]
+        else:
+            timeout_seconds = check_timeout(timeout_seconds)
         now = utcnow()
         return new_pending_task(
             name,
@@ -185,8 +192,8 @@ class TaskQueueService:
             priority,
             now,
             now + timedelta(seconds=delay) if delay else now,
-            check_max_retries(retries),
-            check_timeout(timeout),
+            max_retries,
+            timeout_seconds,
         )
 
     async def wait_for(self, task_id: str, timeout: float | None = None) -> Any:
