@@ -7,35 +7,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from katana.task_queue.broker import InMemoryBroker
-from katana.task_queue.broker.redis import RedisBroker
 from katana.task_queue.context import current_task, report_progress
 from katana.task_queue.errors import KatanaError
 from katana.task_queue.models import Task, TaskStatus
 from katana.task_queue.service import TaskQueueService
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from katana.task_queue.broker.base import AbstractBroker
 
 GUARD_SECONDS = 30.0
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[AbstractBroker]:
-    if request.param == "memory":
-        async with InMemoryBroker() as memory:
-            yield memory
-        return
-    redis_url: str = request.getfixturevalue("redis_url")
-    queue_name: str = request.getfixturevalue("queue_name")
-    redis = RedisBroker(redis_url, queue=queue_name)
-    try:
-        yield redis
-    finally:
-        await redis.purge()
-        await redis.close()
 
 
 async def test_progress_reported_by_an_executor_shows_in_get_task(

@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from katana.task_queue.broker import InMemoryBroker
-from katana.task_queue.broker.redis import RedisBroker
 from katana.task_queue.config import RetryPolicy
 from katana.task_queue.errors import InvalidTaskError, Retry
 from katana.task_queue.models import Task, TaskStatus
@@ -24,22 +22,6 @@ if TYPE_CHECKING:
 GUARD_SECONDS = 30.0
 #: Retry delays: small enough to keep the suite quick, exact because jitter is off.
 FAST = RetryPolicy(max_retries=5, backoff_base_seconds=0.05, backoff_max_seconds=0.15, jitter=False)
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[AbstractBroker]:
-    if request.param == "memory":
-        async with InMemoryBroker() as memory:
-            yield memory
-        return
-    redis_url: str = request.getfixturevalue("redis_url")
-    queue_name: str = request.getfixturevalue("queue_name")
-    redis = RedisBroker(redis_url, queue=queue_name)
-    try:
-        yield redis
-    finally:
-        await redis.purge()
-        await redis.close()
 
 
 @pytest.fixture

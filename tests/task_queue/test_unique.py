@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from katana.task_queue.broker import InMemoryBroker
-from katana.task_queue.broker.redis import RedisBroker
 from katana.task_queue.errors import InvalidTaskError
 from katana.task_queue.models import Task, TaskStatus
 from katana.task_queue.service import TaskQueueService
@@ -19,22 +17,6 @@ if TYPE_CHECKING:
     from katana.task_queue.broker.base import AbstractBroker
 
 GUARD_SECONDS = 30.0
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[AbstractBroker]:
-    if request.param == "memory":
-        async with InMemoryBroker() as memory:
-            yield memory
-        return
-    redis_url: str = request.getfixturevalue("redis_url")
-    queue_name: str = request.getfixturevalue("queue_name")
-    redis = RedisBroker(redis_url, queue=queue_name)
-    try:
-        yield redis
-    finally:
-        await redis.purge()
-        await redis.close()
 
 
 @pytest.fixture
