@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
@@ -102,3 +103,26 @@ async def test_a_record_with_non_numeric_attempts_is_quarantined(
     assert await redis_broker.get_task(bad.id) is None
     notes = await redis_broker.quarantined()
     assert any(note["entry"] == bad.id and "attempts" in note["reason"] for note in notes)
+
+
+async def test_a_delayed_record_with_a_non_numeric_priority_is_moved_aside(
+    redis_broker: RedisBroker, raw: aioredis.Redis
+) -> None:
+    task = make_task(scheduled_at=datetime.now(UTC) - timedelta(seconds=1))
+    await redis_broker.enqueue(make_task(delay_seconds=60))  # keeps the delayed set alive
+    # A delayed entry that came due, whose record says nothing sensible about its priority
+    await redis_broker.enqueue(task)
+    key = f"{redis_broker.prefix}:task:{task.id}"
+    member = await raw.hget(key, "member")
+    assert member is not None
+    await raw.zrem(f"{redis_broker.prefix}:ready", member)
+    await raw.hdel(key, "member")
+    await raw.zadd(f"{redis_broker.prefix}:delayed", {task.id: 0})
+    await raw.hset(key, "priority", "high")
+
+    assert await redis_broker.dequeue(timeout=0) is None
+
+    assert await redis_broker.get_task(task.id) is None
+    assert (await redis_broker.count_by_status())[TaskStatus.PENDING] == 1
+    notes = await redis_broker.quarantined()
+    assert any(note["entry"] == task.id and "priority" in note["reason"] for note in notes)

@@ -31,6 +31,7 @@ for i = 1, #due, 2 do
     if priority then
       place(key, id, priority, tonumber(due[i + 1]), now_ms)
     else
+      redis.call('RENAME', key, key .. ':quarantined')  -- not left PENDING with no entry
       quarantine(id, 'task record has no numeric priority', now_ms)
     end
   end
