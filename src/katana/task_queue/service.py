@@ -6,7 +6,7 @@ import asyncio
 import functools
 import inspect
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,8 @@ class TaskQueueService:
 
     Args:
         broker: Where tasks are stored; the application owns it and closes it.
+        clock: Returns the current POSIX time; pass the broker's clock when it is not the
+            real one (``testing.FakeClock``) so due times agree.
         task_executors: Task name -> executor. An ``async def`` executor runs on the event
             loop; a plain ``def`` runs in a thread so it cannot block the loop.
     """
@@ -56,8 +58,12 @@ class TaskQueueService:
         self,
         broker: AbstractBroker,
         task_executors: Mapping[str, Callable[[Task], Any]] | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.broker = broker
+        # Creation and due times come from the same clock as the broker's, fake or not.
+        self._clock = clock
         self._executors: dict[str, TaskExecutor] = {}
         self._policies: dict[str, RetryPolicy] = {}
         self._timeouts: dict[str, float | None] = {}
@@ -185,7 +191,7 @@ class TaskQueueService:
             timeout_seconds = self._timeouts[name]
         else:
             timeout_seconds = check_timeout(timeout_seconds)
-        now = utcnow()
+        now = utcnow() if self._clock is None else datetime.fromtimestamp(self._clock(), UTC)
         return new_pending_task(
             name,
             detached_payload(payload),

@@ -41,6 +41,9 @@ class InMemoryBroker(AbstractBroker):
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
+        add_listener = getattr(clock, "add_listener", None)
+        if add_listener is not None:  # a testing.FakeClock: look again when it moves
+            add_listener(self._wake_one)
         self._tasks: dict[str, Task] = {}
         self._ready: list[_ReadyEntry] = []
         self._delayed: list[_DelayedEntry] = []

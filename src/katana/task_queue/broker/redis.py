@@ -158,6 +158,9 @@ class RedisBroker(AbstractBroker):
         self._cancel_listeners: list[Callable[[str], None]] = []
         self._demand = asyncio.Event()
         self._wake = asyncio.Event()
+        add_listener = getattr(clock, "add_listener", None)
+        if add_listener is not None:  # a testing.FakeClock: look again when it moves
+            add_listener(self._wake.set)
         self._background: list[asyncio.Task[None]] = []
         # Outcomes waiting to be written in one round trip.
         # Outcomes waiting to be written: they go with the next claim, or else with the next

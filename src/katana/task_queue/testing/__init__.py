@@ -35,11 +35,12 @@ pytest.register_assert_rewrite(
     f"{__name__}._support",
 )
 
+from ._clock import FakeClock  # noqa: E402  # after the rewrite registration above
 from ._lifecycle import LifecycleContract  # noqa: E402  # after the rewrite registration above
 from ._queueing import QueueingContract  # noqa: E402  # after the rewrite registration above
 from ._storage import StorageContract  # noqa: E402  # after the rewrite registration above
 
-__all__ = ["BrokerContract"]
+__all__ = ["BrokerContract", "FakeClock"]
 
 
 class BrokerContract(StorageContract, QueueingContract, LifecycleContract):
