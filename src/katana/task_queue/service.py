@@ -24,7 +24,7 @@ from .errors import ServiceStateError, TaskCancelledError, TaskFailedError, Unkn
 from .models import Task, TaskExecutor, TaskStatus, new_pending_task, utcnow
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Awaitable, Callable, Iterable, Mapping
 
     from .broker.base import AbstractBroker
 from .config import DEFAULT_RETRY_POLICY, RetryPolicy
@@ -229,6 +229,41 @@ class TaskQueueService:
         """
         return await self.broker.cancel(task_id)
 
+    async def dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
+        """FAILED and DEAD tasks (failed for good), most recently finished first."""
+        _, failed = await self.broker.list_finished(TaskStatus.FAILED, limit=offset + limit)
+        _, dead = await self.broker.list_finished(TaskStatus.DEAD, limit=offset + limit)
+        letters = sorted(failed + dead, key=_finished_at, reverse=True)
+        return letters[offset : offset + limit]
+
+    async def redrive(self, task_id: str) -> bool:
+        """Queue a FAILED or DEAD task again, due now; ``False`` if it is not one."""
+        task = await self.broker.get_task(task_id)
+        if task is None or task.status not in (TaskStatus.FAILED, TaskStatus.DEAD):
+            return False
+        await self.broker.update_task_status(task_id, TaskStatus.PENDING)
+        log_task_event(logging.INFO, "task_redriven", task, "task %s queued again", task_id)
+        return True
+
+    async def redrive_all(self) -> int:
+        """Queue every dead letter again; returns how many."""
+        return await self._each_dead_letter(self.redrive)
+
+    async def purge_dead_letters(self) -> int:
+        """Delete every FAILED and DEAD task; returns how many."""
+        return await self._each_dead_letter(self.broker.delete_task)
+
+    async def _each_dead_letter(self, action: Callable[[str], Awaitable[bool]]) -> int:
+        done = 0
+        for status in (TaskStatus.FAILED, TaskStatus.DEAD):
+            while True:
+                _, page = await self.broker.list_finished(status, limit=500)
+                acted = [task for task in page if await action(task.id)]
+                done += len(acted)
+                if len(page) < 500 or not acted:
+                    break
+        return done
+
     async def get_task(self, task_id: str) -> Task | None:
         """The task as the broker has it now, or ``None`` for an unknown id."""
         return await self.broker.get_task(task_id)
@@ -332,3 +367,7 @@ def _in_thread(function: Callable[[Task], Any]) -> TaskExecutor:
         return result
 
     return run_in_thread
+
+
+def _finished_at(task: Task) -> datetime:
+    return task.finished_at or task.created_at

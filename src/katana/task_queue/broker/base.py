@@ -189,5 +189,18 @@ class AbstractBroker(ABC):
                 pause = min(pause * 2, 0.5)
 
     @abstractmethod
+    async def list_finished(
+        self, status: TaskStatus, *, limit: int = 100, offset: int = 0
+    ) -> tuple[int, list[Task]]:
+        """Tasks in the final ``status``, most recently finished first: (total, one page)."""
+
+    @abstractmethod
+    async def delete_task(self, task_id: str) -> bool:
+        """Delete a finished task; ``False`` (and nothing done) if it is not finished.
+
+        Raises ``KeyError`` for an unknown id.
+        """
+
+    @abstractmethod
     async def count_by_status(self) -> dict[TaskStatus, int]:
         """How many stored tasks are in each status (every status is a key)."""

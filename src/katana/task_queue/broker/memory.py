@@ -425,6 +425,27 @@ class InMemoryBroker(AbstractBroker):
         task = self._tasks.get(task_id)
         return None if task is None else task.copy()
 
+    async def list_finished(
+        self, status: TaskStatus, *, limit: int = 100, offset: int = 0
+    ) -> tuple[int, list[Task]]:
+        self._ensure_open()
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"{status} is not a final status")
+        finished = [task for task in self._tasks.values() if task.status is status]
+        finished.sort(key=_finished_at, reverse=True)
+        return len(finished), [task.copy() for task in finished[offset : offset + limit]]
+
+    async def delete_task(self, task_id: str) -> bool:
+        self._ensure_open()
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise KeyError(task_id)
+        if task.status not in TERMINAL_STATUSES:
+            return False
+        del self._tasks[task_id]
+        self._status_counts[task.status] -= 1
+        return True
+
     async def count_by_status(self) -> dict[TaskStatus, int]:
         self._ensure_open()
         return dict(self._status_counts)
@@ -440,3 +461,7 @@ def _detached(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return orjson.loads(orjson.dumps(value))
+
+
+def _finished_at(task: Task) -> datetime:
+    return task.finished_at or task.created_at

@@ -44,7 +44,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .._urls import masked_url
 from ..errors import BrokerClosedError, BrokerError, BrokerUnavailableError
-from ..models import Task, TaskStatus, attempt_error, new_task_id
+from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error, new_task_id
 from ._redis_codec import MalformedRecordError, decode_task, encode_new_task
 from .base import AbstractBroker
 
@@ -717,6 +717,28 @@ class RedisBroker(AbstractBroker):
         except MalformedRecordError as exc:
             logger.warning("task record %s is malformed: %s", task_id, exc)
             return None
+
+    async def list_finished(
+        self, status: TaskStatus, *, limit: int = 100, offset: int = 0
+    ) -> tuple[int, list[Task]]:
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"{status} is not a final status")
+        reply = await self._run("list", [self._now_ms(), status.value, offset, limit])
+        tasks = []
+        for record in reply[1:]:
+            fields = dict(zip(record[::2], record[1::2], strict=True))
+            task_id = fields[b"id"].decode(errors="replace")
+            try:
+                tasks.append(decode_task(fields, task_id))
+            except MalformedRecordError as exc:
+                logger.warning("task record %s is malformed: %s", task_id, exc)
+        return int(reply[0]), tasks
+
+    async def delete_task(self, task_id: str) -> bool:
+        code = int(await self._run("delete", [self._now_ms(), task_id]))
+        if code < 0:
+            raise KeyError(task_id)
+        return code == 1
 
     async def count_by_status(self) -> dict[TaskStatus, int]:
         ready, delayed, processing, terminal, quarantined = await self._run(

@@ -102,13 +102,17 @@ local TERMINAL = {COMPLETED = true, FAILED = true, CANCELLED = true, DEAD = true
 -- Keep the per-status counters of terminal states in step with a status change of the task
 -- stored at `key`; a task that finishes gives up its unique key.
 local function count_transition(key, old_status, new_status)
+  local id = string.sub(key, #prefix + 7)
   if old_status and TERMINAL[old_status] then
     redis.call('HINCRBY', counts_key, old_status, -1)
+    redis.call('ZREM', prefix .. ':finished:' .. old_status, id)
   end
   if TERMINAL[new_status] then
     redis.call('HINCRBY', counts_key, new_status, 1)
+    -- Listing finished tasks by status, newest first, reads these sets.
+    redis.call('ZADD', prefix .. ':finished:' .. new_status, tonumber(ARGV[2]), id)
     local unique = redis.call('HGET', key, 'unique_key')
-    if unique and redis.call('HGET', unique_key, unique) == string.sub(key, #prefix + 7) then
+    if unique and redis.call('HGET', unique_key, unique) == id then
       redis.call('HDEL', unique_key, unique)
     end
   end

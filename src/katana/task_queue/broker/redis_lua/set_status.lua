@@ -13,7 +13,8 @@ if status == 'PENDING' then
     unplace(key, id)
     count_transition(key, old, status)
     redis.call('HSET', key, 'status', 'PENDING')
-    redis.call('HDEL', key, 'claim_token', 'finished_at')
+    -- A fresh start: no longer suspect, its lost workers forgotten.
+    redis.call('HDEL', key, 'claim_token', 'finished_at', 'suspect', 'lost', 'cancel_requested')
     local scheduled = tonumber(redis.call('HGET', key, 'scheduled_at')) or (now_ms / 1000)
     place(key, id, tonumber(redis.call('HGET', key, 'priority')) or 0,
       math.floor(scheduled * 1000), now_ms)

@@ -1,0 +1,15 @@
+-- Delete a finished task for good. ARGV: prefix, now_ms, id. Returns 1, 0 when the task is
+-- not in a final status (it is left alone), -1 for an unknown task.
+local id = ARGV[3]
+local key = task_key(id)
+if redis.call('TYPE', key).ok ~= 'hash' then
+  return -1
+end
+local status = redis.call('HGET', key, 'status')
+if not TERMINAL[status] then
+  return 0
+end
+redis.call('HINCRBY', counts_key, status, -1)
+redis.call('ZREM', prefix .. ':finished:' .. status, id)
+redis.call('DEL', key)
+return 1
