@@ -19,7 +19,10 @@ if TYPE_CHECKING:
 
     from ..models import Task, TaskStatus
 
-__all__ = ["AbstractBroker"]
+__all__ = ["DEFAULT_RESULT_TTL_SECONDS", "AbstractBroker"]
+
+#: How long finished tasks (results, failures, dead letters) are kept by default: a week.
+DEFAULT_RESULT_TTL_SECONDS = 7 * 24 * 3600.0
 
 
 class AbstractBroker(ABC):

@@ -14,7 +14,7 @@ import orjson
 
 from ..errors import BrokerClosedError
 from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error, utcnow
-from .base import AbstractBroker
+from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -37,10 +37,22 @@ class InMemoryBroker(AbstractBroker):
 
     Args:
         clock: Returns the current time as a POSIX timestamp; tests may pass a fake one.
+        result_ttl_seconds: How long finished tasks (results, failures, dead letters) are
+            kept; ``None`` keeps them.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        result_ttl_seconds: float | None = DEFAULT_RESULT_TTL_SECONDS,
+    ) -> None:
         self._clock = clock
+        self.result_ttl_seconds = result_ttl_seconds
+        # (time it finished, id) of finished tasks, oldest first: dropped after the TTL. A task
+        # that finished again later (redriven) keeps its latest time in _last_finished.
+        self._finished: deque[tuple[float, str]] = deque()
+        self._last_finished: dict[str, float] = {}
         add_listener = getattr(clock, "add_listener", None)
         if add_listener is not None:  # a testing.FakeClock: look again when it moves
             add_listener(self._wake_one)
@@ -81,8 +93,26 @@ class InMemoryBroker(AbstractBroker):
 
     # -- writing -------------------------------------------------------------------------
 
+    def _forget_expired(self) -> None:
+        """Drop finished tasks older than the result TTL (checked as tasks come and go)."""
+        ttl = self.result_ttl_seconds
+        finished = self._finished
+        if ttl is None or not finished:
+            return
+        horizon = self._clock() - ttl
+        while finished and finished[0][0] <= horizon:
+            finished_at, task_id = finished.popleft()
+            if self._last_finished.get(task_id) != finished_at:
+                continue  # it finished again since: a later entry stands for it
+            del self._last_finished[task_id]
+            task = self._tasks.get(task_id)
+            if task is not None and task.status in TERMINAL_STATUSES:
+                del self._tasks[task_id]
+                self._status_counts[task.status] -= 1
+
     async def enqueue(self, task: Task) -> None:
         self._ensure_open()
+        self._forget_expired()
         self._store(task)
 
     async def enqueue_unique(self, task: Task) -> Task | None:
@@ -129,6 +159,10 @@ class InMemoryBroker(AbstractBroker):
         counts[status] += 1
         task.status = status
         if status in TERMINAL_STATUSES:
+            finished_at = self._clock()
+            self._finished.append((finished_at, task.id))
+            self._last_finished[task.id] = finished_at
+            self._forget_expired()
             self._cancel_requested.discard(task.id)
             if task.unique_key is not None and self._unique.get(task.unique_key) == task.id:
                 del self._unique[task.unique_key]
@@ -443,6 +477,7 @@ class InMemoryBroker(AbstractBroker):
         if task.status not in TERMINAL_STATUSES:
             return False
         del self._tasks[task_id]
+        self._last_finished.pop(task_id, None)
         self._status_counts[task.status] -= 1
         return True
 

@@ -46,7 +46,7 @@ from .._urls import masked_url
 from ..errors import BrokerClosedError, BrokerError, BrokerUnavailableError
 from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error, new_task_id
 from ._redis_codec import MalformedRecordError, decode_task, encode_new_task
-from .base import AbstractBroker
+from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -97,6 +97,8 @@ class RedisBroker(AbstractBroker):
             (default: a third of the lease).
         max_deliveries: After this many deliveries whose lease expired, the task is DEAD.
         claim_batch: The most tasks one claim round trip takes.
+        result_ttl_seconds: How long finished tasks (results, failures, dead letters) are
+            kept; consuming processes delete older ones. ``None`` keeps them.
         clock: Returns the current POSIX time; every process must agree on it.
     """
 
@@ -111,6 +113,7 @@ class RedisBroker(AbstractBroker):
         heartbeat_seconds: float | None = None,
         max_deliveries: int = 3,
         claim_batch: int = 100,
+        result_ttl_seconds: float | None = DEFAULT_RESULT_TTL_SECONDS,
         key_prefix: str = "katana",
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -127,6 +130,10 @@ class RedisBroker(AbstractBroker):
             heartbeat_seconds if heartbeat_seconds is not None else self.lease_seconds / 3
         )
         self.max_deliveries = max_deliveries
+        self.result_ttl_seconds = result_ttl_seconds
+        self._ttl_ms: int | str = (
+            "" if result_ttl_seconds is None else int(result_ttl_seconds * 1000)
+        )
         self._claim_batch = claim_batch
         self._clock = clock
         self.prefix = f"{key_prefix}:{{{queue}}}"
@@ -510,7 +517,12 @@ class RedisBroker(AbstractBroker):
         Runs by itself every ``heartbeat_seconds`` once this broker consumes.
         """
         held = list(self._held.items())
-        args: list[Any] = [self._now_ms(), int(self.lease_seconds * 1000), self.max_deliveries]
+        args: list[Any] = [
+            self._now_ms(),
+            int(self.lease_seconds * 1000),
+            self.max_deliveries,
+            self._ttl_ms,
+        ]
         for task_id, token in held:
             args += [task_id, token]
         lost, requeued, quarantined, dead, cancel_requested = await self._run("heartbeat", args)
@@ -667,6 +679,7 @@ class RedisBroker(AbstractBroker):
                 self._now_ms(),
                 int(self.lease_seconds * 1000),
                 self.max_deliveries,
+                self._ttl_ms,
                 task_id,
                 claim_token,
             ],

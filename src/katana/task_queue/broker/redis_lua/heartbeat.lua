@@ -1,5 +1,7 @@
 -- Renew the leases this process holds, then hand expired leases (of any process) back.
--- ARGV: prefix, now_ms, lease_ms, max_deliveries, then pairs of id, claim_token.
+-- Finished tasks older than the result TTL are deleted too.
+-- ARGV: prefix, now_ms, lease_ms, max_deliveries, ttl_ms ('' = keep), then pairs of id,
+-- claim_token.
 -- Returns {lost ids, requeued count, quarantined entry/reason pairs, dead ids, ids of held
 -- tasks whose cancellation was requested}.
 local now_ms = tonumber(ARGV[2])
@@ -9,7 +11,7 @@ local now_s = string.format('%.6f', now_ms / 1000)
 ensure_type(processing_key, 'zset', now_ms)
 local lost_ids = {}
 local cancel_ids = {}
-for base = 5, #ARGV, 2 do
+for base = 6, #ARGV, 2 do
   local id, token = ARGV[base], ARGV[base + 1]
   local key = task_key(id)
   if redis.call('TYPE', key).ok == 'hash' and redis.call('HGET', key, 'status') == 'PROCESSING'
@@ -66,5 +68,22 @@ for _, id in ipairs(expired) do
 end
 if requeued > 0 then
   redis.call('PUBLISH', wake_channel, requeued)
+end
+
+-- Retention: at most 1000 expired tasks per status and call, so a call stays short.
+if ARGV[5] ~= '' then
+  local horizon = now_ms - tonumber(ARGV[5])
+  for status in pairs(TERMINAL) do
+    local set = prefix .. ':finished:' .. status
+    local expired_ids = redis.call('ZRANGEBYSCORE', set, '-inf', horizon, 'LIMIT', 0, 1000)
+    for _, id in ipairs(expired_ids) do
+      local key = task_key(id)
+      if redis.call('TYPE', key).ok == 'hash' and redis.call('HGET', key, 'status') == status then
+        redis.call('DEL', key)
+        redis.call('HINCRBY', counts_key, status, -1)
+      end
+      redis.call('ZREM', set, id)
+    end
+  end
 end
 return {lost_ids, requeued, quarantined_now, dead, cancel_ids}
