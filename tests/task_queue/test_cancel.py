@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from katana.task_queue.broker.base import AbstractBroker
+    from katana.task_queue.testing import FakeClock
 
 GUARD_SECONDS = 30.0
 
@@ -43,9 +44,13 @@ async def recorder() -> Recorder:
 
 
 @pytest.fixture
-async def service(broker: AbstractBroker, recorder: Recorder) -> AsyncIterator[TaskQueueService]:
+async def service(
+    broker: AbstractBroker, recorder: Recorder, clock: FakeClock
+) -> AsyncIterator[TaskQueueService]:
     service = TaskQueueService(
-        broker=broker, task_executors={"record": recorder.record, "long": recorder.long}
+        broker=broker,
+        task_executors={"record": recorder.record, "long": recorder.long},
+        clock=clock,
     )
     yield service
     await service.shutdown(timeout=1)
@@ -71,16 +76,17 @@ async def test_a_cancelled_pending_task_never_runs(
 
 
 async def test_a_cancelled_delayed_task_never_runs(
-    service: TaskQueueService, recorder: Recorder
+    service: TaskQueueService, recorder: Recorder, clock: FakeClock
 ) -> None:
-    # Given a task delayed by 0.2 s, cancelled at once
-    task = await service.add_task("record", delay_seconds=0.2)
+    # Given a task delayed by a minute, cancelled at once
+    task = await service.add_task("record", delay_seconds=60)
     assert await service.cancel(task.id) is True
 
     # When a later task, due after it would have been, has run
     service.start_workers(2)
-    later = await service.add_task("record", delay_seconds=0.4)
-    await service.wait_idle(timeout=GUARD_SECONDS)
+    later = await service.add_task("record", delay_seconds=120)
+    clock.advance(121)
+    await service.wait_for(later.id, timeout=GUARD_SECONDS)
 
     # Then only the later one ran
     assert recorder.ran == [later.id]

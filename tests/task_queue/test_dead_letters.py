@@ -10,10 +10,13 @@ from katana.task_queue.config import RetryPolicy
 from katana.task_queue.models import Task, TaskStatus
 from katana.task_queue.service import TaskQueueService
 
+from ._clockwork import RetryLog, finish
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from katana.task_queue.broker.base import AbstractBroker
+    from katana.task_queue.testing import FakeClock
 
 GUARD_SECONDS = 30.0
 
@@ -38,8 +41,10 @@ async def flaky() -> Flaky:
 
 
 @pytest.fixture
-async def service(broker: AbstractBroker, flaky: Flaky) -> AsyncIterator[TaskQueueService]:
-    service = TaskQueueService(broker=broker)
+async def service(
+    broker: AbstractBroker, flaky: Flaky, clock: FakeClock
+) -> AsyncIterator[TaskQueueService]:
+    service = TaskQueueService(broker=broker, clock=clock)
     fast = RetryPolicy(max_retries=2, backoff_base_seconds=0.01, jitter=False)
     service.register("flaky", flaky, retry=fast)
     service.start_workers(2)
@@ -48,11 +53,10 @@ async def service(broker: AbstractBroker, flaky: Flaky) -> AsyncIterator[TaskQue
 
 
 async def test_a_task_that_always_fails_is_a_dead_letter_and_redrive_runs_it_again(
-    service: TaskQueueService, flaky: Flaky
+    service: TaskQueueService, flaky: Flaky, clock: FakeClock, retries: RetryLog
 ) -> None:
     # Given a task that failed all 1 + 2 attempts
-    task = await service.add_task("flaky")
-    await service.wait_idle(timeout=GUARD_SECONDS)
+    task = await finish(service, clock, retries, await service.add_task("flaky"))
 
     # Then it is listed as a dead letter, with its history
     [letter] = await service.dead_letters()

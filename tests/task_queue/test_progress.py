@@ -14,12 +14,13 @@ from katana.task_queue.service import TaskQueueService
 
 if TYPE_CHECKING:
     from katana.task_queue.broker.base import AbstractBroker
+    from katana.task_queue.testing import FakeClock
 
 GUARD_SECONDS = 30.0
 
 
 async def test_progress_reported_by_an_executor_shows_in_get_task(
-    broker: AbstractBroker,
+    broker: AbstractBroker, clock: FakeClock
 ) -> None:
     reported, finish = asyncio.Event(), asyncio.Event()
 
@@ -30,7 +31,7 @@ async def test_progress_reported_by_an_executor_shows_in_get_task(
         seen = current_task()
         return {"attempt": seen.attempts, "id": seen.id}
 
-    service = TaskQueueService(broker=broker, task_executors={"export": export})
+    service = TaskQueueService(broker=broker, task_executors={"export": export}, clock=clock)
     task = await service.add_task("export")
     service.start_workers(1)
     await asyncio.wait_for(reported.wait(), GUARD_SECONDS)
@@ -52,7 +53,7 @@ async def test_progress_reported_by_an_executor_shows_in_get_task(
 
 
 async def test_bad_progress_is_refused_and_outside_an_executor_too(
-    broker: AbstractBroker,
+    broker: AbstractBroker, clock: FakeClock
 ) -> None:
     problems: list[str] = []
 
@@ -63,7 +64,7 @@ async def test_bad_progress_is_refused_and_outside_an_executor_too(
             except ValueError as exc:
                 problems.append(str(exc))
 
-    service = TaskQueueService(broker=broker, task_executors={"bad": bad})
+    service = TaskQueueService(broker=broker, task_executors={"bad": bad}, clock=clock)
     task = await service.add_task("bad")
     service.start_workers(1)
     await service.wait_for(task.id, timeout=GUARD_SECONDS)

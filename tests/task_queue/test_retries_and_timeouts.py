@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -14,10 +13,13 @@ from katana.task_queue.errors import InvalidTaskError, Retry
 from katana.task_queue.models import Task, TaskStatus
 from katana.task_queue.service import TaskQueueService
 
+from ._clockwork import RetryLog, finish
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from katana.task_queue.broker.base import AbstractBroker
+    from katana.task_queue.testing import FakeClock
 
 GUARD_SECONDS = 30.0
 #: Retry delays: small enough to keep the suite quick, exact because jitter is off.
@@ -25,13 +27,14 @@ FAST = RetryPolicy(max_retries=5, backoff_base_seconds=0.05, backoff_max_seconds
 
 
 @pytest.fixture
-async def service(broker: AbstractBroker) -> AsyncIterator[TaskQueueService]:
-    service = TaskQueueService(broker=broker)
+async def service(broker: AbstractBroker, clock: FakeClock) -> AsyncIterator[TaskQueueService]:
+    service = TaskQueueService(broker=broker, clock=clock)
     yield service
     await service.shutdown(timeout=1)
 
 
 async def run_to_idle(service: TaskQueueService, task: Task) -> Task:
+    """Run a task that is not retried (no clock to move)."""
     service.start_workers(2)
     await service.wait_idle(timeout=GUARD_SECONDS)
     done = await service.get_task(task.id)
@@ -39,23 +42,13 @@ async def run_to_idle(service: TaskQueueService, task: Task) -> Task:
     return done
 
 
-def retry_delays(caplog: pytest.LogCaptureFixture) -> list[float]:
-    return [
-        float(record.getMessage().rsplit(" ", 1)[1].rstrip("s"))
-        for record in caplog.records
-        if getattr(record, "katana_event", None) == "task_retry"
-    ]
-
-
 async def test_a_task_failing_twice_then_succeeding_completes_on_the_third_attempt(
-    service: TaskQueueService, caplog: pytest.LogCaptureFixture
+    service: TaskQueueService, clock: FakeClock, retries: RetryLog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="katana")
-    loop = asyncio.get_running_loop()
     starts: list[float] = []
 
     async def flaky(task: Task) -> str:
-        starts.append(loop.time())
+        starts.append(clock())
         if len(starts) < 3:
             raise ConnectionError(f"attempt {task.attempts} failed")
         return "done"
@@ -64,8 +57,8 @@ async def test_a_task_failing_twice_then_succeeding_completes_on_the_third_attem
     service.register("flaky", flaky, retry=FAST)
     task = await service.add_task("flaky", max_retries=3)
 
-    # When the workers run it
-    done = await run_to_idle(service, task)
+    # When the workers run it, the test moving the clock to each retry
+    done = await finish(service, clock, retries, task)
 
     # Then it completed on attempt 3, with both failures kept
     assert (done.status, done.attempts, done.result) == (TaskStatus.COMPLETED, 3, "done")
@@ -75,17 +68,15 @@ async def test_a_task_failing_twice_then_succeeding_completes_on_the_third_attem
         "ConnectionError: attempt 2 failed",
     ]
     assert all("ConnectionError" in (entry["traceback"] or "") for entry in done.errors)
-    # ...after delays that doubled, stayed under the cap, and were never cut short
-    delays = retry_delays(caplog)
-    assert delays == [0.05, 0.1]
+    # ...after delays that doubled and stayed under the cap, and were never cut short
+    assert retries.delays == [0.05, 0.1]
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
-    assert all(gap >= delay - 0.002 for gap, delay in zip(gaps, delays, strict=True))
+    assert all(gap >= delay for gap, delay in zip(gaps, retries.delays, strict=True))
 
 
 async def test_a_task_that_always_fails_ends_failed_after_one_plus_max_retries_attempts(
-    service: TaskQueueService, caplog: pytest.LogCaptureFixture
+    service: TaskQueueService, clock: FakeClock, retries: RetryLog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="katana")
 
     async def broken(task: Task) -> None:
         raise ValueError(f"attempt {task.attempts}")
@@ -93,37 +84,35 @@ async def test_a_task_that_always_fails_ends_failed_after_one_plus_max_retries_a
     service.register("broken", broken, retry=FAST)
     task = await service.add_task("broken", max_retries=4)
 
-    done = await run_to_idle(service, task)
+    done = await finish(service, clock, retries, task)
 
     assert (done.status, done.attempts) == (TaskStatus.FAILED, 5)
     assert done.error == "ValueError: attempt 5"
     assert [entry["attempt"] for entry in done.errors] == [1, 2, 3, 4, 5]
-    assert retry_delays(caplog) == [0.05, 0.1, 0.15, 0.15]  # capped
+    assert retries.delays == [0.05, 0.1, 0.15, 0.15]  # capped
 
 
 async def test_jittered_delays_stay_within_their_bounds(
-    service: TaskQueueService, caplog: pytest.LogCaptureFixture
+    service: TaskQueueService, clock: FakeClock, retries: RetryLog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="katana")
 
     async def broken(task: Task) -> None:
         raise ValueError("no")
 
     policy = RetryPolicy(max_retries=4, backoff_base_seconds=0.02, backoff_max_seconds=0.05)
     service.register("broken", broken, retry=policy)
-    done = await run_to_idle(service, await service.add_task("broken"))
+    done = await finish(service, clock, retries, await service.add_task("broken"))
 
     assert (done.status, done.attempts) == (TaskStatus.FAILED, 5)
     bounds = [0.02, 0.04, 0.05, 0.05]
-    delays = retry_delays(caplog)
+    delays = retries.delays
     assert len(delays) == len(bounds)
     assert all(0 <= delay <= bound for delay, bound in zip(delays, bounds, strict=True))
 
 
 async def test_retry_asks_for_another_attempt_after_its_delay(
-    service: TaskQueueService, caplog: pytest.LogCaptureFixture
+    service: TaskQueueService, clock: FakeClock, retries: RetryLog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="katana")
 
     async def not_yet(task: Task) -> int:
         if task.attempts == 1:
@@ -131,19 +120,21 @@ async def test_retry_asks_for_another_attempt_after_its_delay(
         return task.attempts
 
     service.register("not_yet", not_yet, retry=FAST)
-    done = await run_to_idle(service, await service.add_task("not_yet"))
+    done = await finish(service, clock, retries, await service.add_task("not_yet"))
 
     assert (done.status, done.result) == (TaskStatus.COMPLETED, 2)
-    assert retry_delays(caplog) == [0.07]
+    assert retries.delays == [0.07]
     assert done.errors[0]["error"] == "Retry: the report is not ready"
 
 
-async def test_retry_without_retries_left_fails_the_task(service: TaskQueueService) -> None:
+async def test_retry_without_retries_left_fails_the_task(
+    service: TaskQueueService, clock: FakeClock, retries: RetryLog
+) -> None:
     async def again(task: Task) -> None:
         raise Retry(delay_seconds=0)
 
     service.register("again", again, retry=FAST)
-    done = await run_to_idle(service, await service.add_task("again", max_retries=1))
+    done = await finish(service, clock, retries, await service.add_task("again", max_retries=1))
 
     assert (done.status, done.attempts) == (TaskStatus.FAILED, 2)
     assert done.error == "Retry: the executor asked to run again"
@@ -188,7 +179,7 @@ async def test_a_long_task_is_stopped_at_its_timeout(service: TaskQueueService) 
 
 
 async def test_a_timed_out_attempt_is_retried_when_retries_remain(
-    service: TaskQueueService,
+    service: TaskQueueService, clock: FakeClock, retries: RetryLog
 ) -> None:
     async def slow_once(task: Task) -> str:
         if task.attempts == 1:
@@ -196,7 +187,8 @@ async def test_a_timed_out_attempt_is_retried_when_retries_remain(
         return "second time lucky"
 
     service.register("slow_once", slow_once, retry=FAST, timeout_seconds=0.3)
-    done = await run_to_idle(service, await service.add_task("slow_once", max_retries=1))
+    task = await service.add_task("slow_once", max_retries=1)
+    done = await finish(service, clock, retries, task)
 
     assert (done.status, done.attempts, done.result) == (
         TaskStatus.COMPLETED,

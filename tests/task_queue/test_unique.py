@@ -15,16 +15,17 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from katana.task_queue.broker.base import AbstractBroker
+    from katana.task_queue.testing import FakeClock
 
 GUARD_SECONDS = 30.0
 
 
 @pytest.fixture
-async def service(broker: AbstractBroker) -> AsyncIterator[TaskQueueService]:
+async def service(broker: AbstractBroker, clock: FakeClock) -> AsyncIterator[TaskQueueService]:
     async def report(task: Task) -> str:
         return str(task.payload.get("n"))
 
-    service = TaskQueueService(broker=broker, task_executors={"report": report})
+    service = TaskQueueService(broker=broker, task_executors={"report": report}, clock=clock)
     yield service
     await service.shutdown(timeout=1)
 

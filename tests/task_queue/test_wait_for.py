@@ -15,12 +15,13 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from katana.task_queue.broker.base import AbstractBroker
+    from katana.task_queue.testing import FakeClock
 
 GUARD_SECONDS = 30.0
 
 
 @pytest.fixture
-async def service(broker: AbstractBroker) -> AsyncIterator[TaskQueueService]:
+async def service(broker: AbstractBroker, clock: FakeClock) -> AsyncIterator[TaskQueueService]:
     release = asyncio.Event()
 
     async def add(task: Task) -> int:
@@ -30,7 +31,9 @@ async def service(broker: AbstractBroker) -> AsyncIterator[TaskQueueService]:
     async def explode(task: Task) -> None:
         raise RuntimeError("boom")
 
-    service = TaskQueueService(broker=broker, task_executors={"add": add, "explode": explode})
+    service = TaskQueueService(
+        broker=broker, task_executors={"add": add, "explode": explode}, clock=clock
+    )
     service.release = release  # type: ignore[attr-defined]  # the tests open the gate
     service.start_workers(2)
     yield service

@@ -20,13 +20,12 @@ def log_task_event(
     message: str,
     *args: object,
     exc_info: BaseException | None = None,
+    details: dict[str, object] | None = None,
 ) -> None:
-    """Log ``message`` with ``katana_event``, ``task_id`` and ``task_name`` as record fields."""
+    """Log ``message`` with ``katana_event``, ``task_id``, ``task_name`` (and ``details``)."""
     if logger.isEnabledFor(level):
-        logger.log(
-            level,
-            message,
-            *args,
-            exc_info=exc_info,
-            extra={"katana_event": event, "task_id": task.id, "task_name": task.name},
-        )
+        extra: dict[str, object] = {"katana_event": event, "task_id": task.id}
+        extra["task_name"] = task.name
+        if details:
+            extra.update(details)
+        logger.log(level, message, *args, exc_info=exc_info, extra=extra)

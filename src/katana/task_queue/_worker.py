@@ -241,6 +241,7 @@ class Worker:
                 task.attempts,
                 task.max_retries,
                 delay,
+                details={"retry_delay_seconds": delay, "attempt": task.attempts},
             )
 
     async def _record_failure(self, task: Task, exc: BaseException) -> None:

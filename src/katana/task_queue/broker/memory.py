@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 __all__ = ["InMemoryBroker"]
 
+#: Due times are datetimes, kept to the microsecond: one rounded up by less than that from
+#: the clock's float is due. (A real clock has moved on by then; a fake one may not have.)
+_DATETIME_RESOLUTION = 1e-6
 _UNFINISHED = frozenset({TaskStatus.PENDING, TaskStatus.PROCESSING})
 _ReadyEntry = tuple[int, float, int, str]  # (priority, due timestamp, sequence, task id)
 _DelayedEntry = tuple[float, int, int, str]  # (due timestamp, sequence, priority, task id)
@@ -147,7 +150,7 @@ class InMemoryBroker(AbstractBroker):
         sequence = next(self._sequence)
         due = task.scheduled_at.timestamp()
         self._queued[task.id] = sequence
-        if due <= self._clock():
+        if due <= self._clock() + _DATETIME_RESOLUTION:
             heapq.heappush(self._ready, (task.priority, due, sequence, task.id))
         else:
             heapq.heappush(self._delayed, (due, sequence, task.priority, task.id))
@@ -219,7 +222,7 @@ class InMemoryBroker(AbstractBroker):
                 self._wake_one()
 
     def _claim_due(self) -> Task | None:
-        now = self._clock()
+        now = self._clock() + _DATETIME_RESOLUTION
         ready = self._ready
         queued = self._queued
         delayed = self._delayed
@@ -252,7 +255,7 @@ class InMemoryBroker(AbstractBroker):
             heapq.heappop(delayed)
         if not delayed:
             return None
-        return max(0.0, delayed[0][0] - self._clock())
+        return max(0.0, delayed[0][0] - self._clock() - _DATETIME_RESOLUTION)
 
     async def _wait(self, loop: asyncio.AbstractEventLoop, seconds: float | None) -> None:
         waiter: asyncio.Future[None] = loop.create_future()
