@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -147,22 +148,16 @@ def worker(
     sys.exit(_run_processes(options, processes, log_level))
 
 
+@dataclass(frozen=True)
 class _WorkerOptions:
-    def __init__(
-        self,
-        app: str,
-        concurrency: int,
-        burst: bool,
-        shutdown_timeout: float,
-        broker_url: str | None,
-        queue: str | None,
-    ) -> None:
-        self.app = app
-        self.concurrency = concurrency
-        self.burst = burst
-        self.shutdown_timeout = shutdown_timeout
-        self.broker_url = broker_url
-        self.queue = queue
+    """What every worker process is started with (pickled to the spawned children)."""
+
+    app: str
+    concurrency: int
+    burst: bool
+    shutdown_timeout: float
+    broker_url: str | None
+    queue: str | None
 
 
 def _prepare(options: _WorkerOptions) -> TaskQueueService:

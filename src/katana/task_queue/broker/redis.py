@@ -190,11 +190,12 @@ class RedisBroker(AbstractBroker):
         try:
             return await self._scripts[script](keys=[self._ready_key], args=[self.prefix, *args])
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise BrokerUnavailableError(
-                f"Redis at {masked_url(self.url)} is unreachable: {exc}"
-            ) from exc
+            raise self._unreachable(exc) from exc
         except RedisError as exc:
             raise BrokerError(f"Redis refused {script}: {exc}") from exc
+
+    def _unreachable(self, exc: BaseException) -> BrokerUnavailableError:
+        return BrokerUnavailableError(f"Redis at {masked_url(self.url)} is unreachable: {exc}")
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -204,9 +205,7 @@ class RedisBroker(AbstractBroker):
         try:
             await self._client.ping()
         except (RedisError, OSError) as exc:
-            raise BrokerUnavailableError(
-                f"Redis at {masked_url(self.url)} is unreachable: {exc}"
-            ) from exc
+            raise self._unreachable(exc) from exc
         await self._check_server()
 
     async def _check_server(self) -> None:
@@ -720,9 +719,7 @@ class RedisBroker(AbstractBroker):
             logger.warning("task key %s does not hold a task record", task_id)
             return None
         except (RedisError, OSError) as exc:
-            raise BrokerUnavailableError(
-                f"Redis at {masked_url(self.url)} is unreachable: {exc}"
-            ) from exc
+            raise self._unreachable(exc) from exc
         if not fields:
             return None
         try:
@@ -775,9 +772,7 @@ class RedisBroker(AbstractBroker):
                 await self._client.lrange(f"{self.prefix}:quarantine", 0, limit - 1),
             )
         except (RedisError, OSError) as exc:
-            raise BrokerUnavailableError(
-                f"Redis at {masked_url(self.url)} is unreachable: {exc}"
-            ) from exc
+            raise self._unreachable(exc) from exc
         notes = []
         for item in raw:
             # Entries may hold the garbage's raw bytes, which Lua's cjson leaves unescaped.
