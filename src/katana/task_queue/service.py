@@ -11,6 +11,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from ._events import log_task_event, logger
+from ._presence import Presence
 from ._validation import (
     check_delay,
     check_max_retries,
@@ -73,7 +74,9 @@ class TaskQueueService:
         self._workers: list[Worker] = []
         self._worker_tasks: list[asyncio.Task[None]] = []
         self._in_flight = 0
+        self._processed = 0
         self._task_done = asyncio.Event()
+        self._presence: Presence | None = None
 
     @property
     def state(self) -> ServiceState:
@@ -292,6 +295,15 @@ class TaskQueueService:
             self._workers.append(worker)
             started.append(asyncio.create_task(worker.run(), name=f"katana-{worker.name}"))
         self._worker_tasks.extend(started)
+        if self._presence is None:
+            self._presence = Presence(
+                self.broker,
+                concurrency=lambda: len(self._workers),
+                current_task_ids=self._current_task_ids,
+                processed=lambda: self._processed,
+                task_names=self.task_names,
+            )
+            self._presence.start()
         logger.info("started %d workers", num_workers, extra={"katana_event": "workers_started"})
         return started
 
@@ -302,7 +314,16 @@ class TaskQueueService:
     def _stopping(self) -> bool:
         return self._state is not ServiceState.RUNNING
 
+    def _current_task_ids(self) -> list[str]:
+        return [worker.current.id for worker in self._workers if worker.current is not None]
+
+    @property
+    def worker_id(self) -> str | None:
+        """This process's id in the broker's worker listing, once workers started."""
+        return None if self._presence is None else self._presence.id
+
     def _on_task_done(self) -> None:
+        self._processed += 1
         if not self._task_done.is_set():
             self._task_done.set()
 
@@ -333,6 +354,8 @@ class TaskQueueService:
             for worker_task in late:
                 worker_task.cancel()
         await asyncio.gather(*self._worker_tasks, return_exceptions=True)
+        if self._presence is not None:
+            await self._presence.stop()
         self._state = ServiceState.STOPPED
         logger.info("shutdown complete", extra={"katana_event": "shutdown_complete"})
 

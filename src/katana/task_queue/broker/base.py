@@ -11,12 +11,15 @@ import asyncio
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Self
 
+from ..listing import TaskQuery
 from ..models import TERMINAL_STATUSES
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Sequence
+    from datetime import datetime
     from types import TracebackType
 
+    from ..listing import TaskPage, WorkerInfo
     from ..models import Task, TaskStatus
 
 __all__ = ["DEFAULT_RESULT_TTL_SECONDS", "AbstractBroker"]
@@ -42,6 +45,8 @@ class AbstractBroker(ABC):
     #: (RedisBroker renews the claims of a live process by itself; ``extend_lease`` renews one).
     #: ``"multi_process"``: processes sharing the backend share the queue.
     capabilities: frozenset[str] = frozenset()
+    #: The queue's name, as monitoring shows it.
+    queue: str = "default"
 
     async def connect(self) -> None:  # noqa: B027  # optional hook; in-process brokers need none
         """Open connections. Idempotent; other methods connect on first use as well."""
@@ -191,11 +196,55 @@ class AbstractBroker(ABC):
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 0.5)
 
-    @abstractmethod
     async def list_finished(
         self, status: TaskStatus, *, limit: int = 100, offset: int = 0
     ) -> tuple[int, list[Task]]:
         """Tasks in the final ``status``, most recently finished first: (total, one page)."""
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"{status} is not a final status")
+        page = await self.list_tasks(TaskQuery(status=status), limit=limit, offset=offset)
+        return page.total, page.tasks
+
+    @abstractmethod
+    async def list_tasks(self, query: TaskQuery, *, limit: int = 50, offset: int = 0) -> TaskPage:
+        """One page of the tasks ``query`` selects, in the order ``TaskQuery`` describes.
+
+        Raises ``ValueError`` for a page size outside 1..``MAX_PAGE_SIZE`` or a negative offset.
+        """
+
+    @abstractmethod
+    async def oldest_due_at(self) -> datetime | None:
+        """When the longest-waiting due PENDING task became due; ``None`` if none is due."""
+
+    @abstractmethod
+    async def finished_counts(self, edges: Sequence[datetime]) -> list[int]:
+        """How many tasks reached a final status in each window ``[edges[i], edges[i+1])``.
+
+        A task counts once, at its latest finish; tasks already deleted are not counted.
+        """
+
+    @abstractmethod
+    async def set_paused(self, paused: bool) -> None:
+        """Pause or resume the queue: while paused, ``dequeue`` hands out no task.
+
+        Tasks can still be added, and running ones finish; across processes for shared brokers.
+        """
+
+    @abstractmethod
+    async def is_paused(self) -> bool:
+        """Whether the queue is paused."""
+
+    @abstractmethod
+    async def record_worker(self, info: WorkerInfo) -> None:
+        """Store (or refresh) a worker process's record until its ``expires_at``."""
+
+    @abstractmethod
+    async def remove_worker(self, worker_id: str) -> None:
+        """Forget a worker process's record (it stopped)."""
+
+    @abstractmethod
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The worker records that have not expired, by id."""
 
     @abstractmethod
     async def delete_task(self, task_id: str) -> bool:

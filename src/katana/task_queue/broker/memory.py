@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
+import copy
 import heapq
 import itertools
 import time
@@ -13,11 +15,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import BrokerClosedError
+from ..listing import TaskPage, check_page
 from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error, utcnow
 from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Sequence
+
+    from ..listing import TaskQuery, WorkerInfo
 
 __all__ = ["InMemoryBroker"]
 
@@ -78,6 +83,8 @@ class InMemoryBroker(AbstractBroker):
         # PROCESSING tasks whose cancellation was requested: they must not be queued again.
         self._cancel_requested: set[str] = set()
         self._settled: dict[bool, asyncio.Future[bool]] = {}
+        self._paused = False
+        self._workers: dict[str, WorkerInfo] = {}
 
     async def close(self) -> None:
         self._closed = True
@@ -222,6 +229,8 @@ class InMemoryBroker(AbstractBroker):
                 self._wake_one()
 
     def _claim_due(self) -> Task | None:
+        if self._paused:
+            return None
         now = self._clock() + _DATETIME_RESOLUTION
         ready = self._ready
         queued = self._queued
@@ -247,6 +256,8 @@ class InMemoryBroker(AbstractBroker):
         return None
 
     def _seconds_until_next_due(self) -> float | None:
+        if self._paused:
+            return None  # set_paused(False) wakes the consumers
         if self._ready:
             return 0.0
         delayed = self._delayed
@@ -462,15 +473,84 @@ class InMemoryBroker(AbstractBroker):
         task = self._tasks.get(task_id)
         return None if task is None else task.copy()
 
-    async def list_finished(
-        self, status: TaskStatus, *, limit: int = 100, offset: int = 0
-    ) -> tuple[int, list[Task]]:
+    async def list_tasks(self, query: TaskQuery, *, limit: int = 50, offset: int = 0) -> TaskPage:
         self._ensure_open()
-        if status not in TERMINAL_STATUSES:
-            raise ValueError(f"{status} is not a final status")
-        finished = [task for task in self._tasks.values() if task.status is status]
-        finished.sort(key=_finished_at, reverse=True)
-        return len(finished), [task.copy() for task in finished[offset : offset + limit]]
+        check_page(limit, offset)
+        now = self._now()
+        matches = [task for task in self._tasks.values() if query.matches(task, now)]
+        status = query.status
+        if status is TaskStatus.PENDING:
+            queued = self._queued
+            matches.sort(key=lambda task: self._run_order(task, now, queued.get(task.id, 0)))
+        elif status is TaskStatus.PROCESSING:
+            matches.sort(key=lambda task: task.started_at or task.created_at)
+        elif status is not None:
+            matches.sort(key=_finished_at, reverse=True)
+        else:
+            matches.reverse()  # insertion order is creation order
+            matches.sort(key=lambda task: task.created_at, reverse=True)
+        page = [task.copy() for task in matches[offset : offset + limit]]
+        return TaskPage(total=len(matches), tasks=page)
+
+    @staticmethod
+    def _run_order(task: Task, now: datetime, sequence: int) -> tuple[int, float, float, int]:
+        due = task.scheduled_at.timestamp()
+        if task.scheduled_at <= now:
+            return (0, task.priority, due, sequence)
+        return (1, due, 0, sequence)
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock() + _DATETIME_RESOLUTION, UTC)
+
+    async def oldest_due_at(self) -> datetime | None:
+        self._ensure_open()
+        now = self._now()
+        tasks = self._tasks
+        due = [tasks[task_id].scheduled_at for task_id in self._queued]
+        return min((at for at in due if at <= now), default=None)
+
+    async def finished_counts(self, edges: Sequence[datetime]) -> list[int]:
+        self._ensure_open()
+        bounds = [edge.timestamp() for edge in edges]
+        counts = [0] * max(len(bounds) - 1, 0)
+        if not counts:
+            return counts
+        last_finished = self._last_finished
+        for finished_at, task_id in reversed(self._finished):
+            if finished_at < bounds[0]:
+                break
+            if last_finished.get(task_id) != finished_at or task_id not in self._tasks:
+                continue
+            index = bisect.bisect_right(bounds, finished_at) - 1
+            if index < len(counts):
+                counts[index] += 1
+        return counts
+
+    async def set_paused(self, paused: bool) -> None:
+        self._ensure_open()
+        self._paused = paused
+        if not paused:
+            for waiter in list(self._waiters):
+                _wake(waiter)
+
+    async def is_paused(self) -> bool:
+        self._ensure_open()
+        return self._paused
+
+    async def record_worker(self, info: WorkerInfo) -> None:
+        self._ensure_open()
+        self._workers[info.id] = copy.deepcopy(info)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        self._ensure_open()
+        self._workers.pop(worker_id, None)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        self._ensure_open()
+        now = self._now()
+        for worker_id in [w.id for w in self._workers.values() if w.expires_at <= now]:
+            del self._workers[worker_id]
+        return [copy.deepcopy(self._workers[key]) for key in sorted(self._workers)]
 
     async def delete_task(self, task_id: str) -> bool:
         self._ensure_open()

@@ -10,6 +10,8 @@ Layout, all under one ``{hash tag}`` so a Redis Cluster keeps a queue on one slo
 - ``...:delayed`` sorted set of not-yet-due task ids by due time (ms).
 - ``...:processing`` sorted set of claimed task ids by lease deadline (ms).
 - ``...:counts`` hash of terminal-status counters; ``...:quarantine`` list of rejected entries.
+- ``...:all`` sorted set of every task id by creation time, for listing.
+- ``...:workers`` hash of worker records (JSON); ``...:paused`` exists while the queue is paused.
 
 Every state change is one Lua script (``redis_lua/*.lua``). A claim carries a lease that this
 process's heartbeat renews while the task runs; the same heartbeat hands expired leases of
@@ -44,14 +46,17 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .._urls import masked_url
 from ..errors import BrokerClosedError, BrokerError, BrokerUnavailableError
-from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error, new_task_id
+from ..listing import FILTER_SCAN_LIMIT, TaskPage, WorkerInfo, check_page
+from ..models import Task, TaskStatus, attempt_error, new_task_id
 from ._redis_codec import MalformedRecordError, decode_task, encode_new_task
 from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Sequence
 
     from redis.asyncio.client import PubSub
+
+    from ..listing import TaskQuery
 
 __all__ = ["RedisBroker"]
 
@@ -728,21 +733,101 @@ class RedisBroker(AbstractBroker):
             logger.warning("task record %s is malformed: %s", task_id, exc)
             return None
 
-    async def list_finished(
-        self, status: TaskStatus, *, limit: int = 100, offset: int = 0
-    ) -> tuple[int, list[Task]]:
-        if status not in TERMINAL_STATUSES:
-            raise ValueError(f"{status} is not a final status")
-        reply = await self._run("list", [self._now_ms(), status.value, offset, limit])
+    async def list_tasks(self, query: TaskQuery, *, limit: int = 50, offset: int = 0) -> TaskPage:
+        check_page(limit, offset)
+        status = "" if query.status is None else query.status.value
+        scheduled = {None: "", True: "1", False: "0"}[query.scheduled]
+        text = (query.text or "").lower()
+        reply = await self._run(
+            "list",
+            [
+                self._now_ms(),
+                status,
+                scheduled,
+                query.name or "",
+                text,
+                offset,
+                limit,
+                FILTER_SCAN_LIMIT,
+            ],
+        )
         tasks = []
-        for record in reply[1:]:
+        for record in reply[2:]:
             fields = dict(zip(record[::2], record[1::2], strict=True))
             task_id = fields[b"id"].decode(errors="replace")
             try:
                 tasks.append(decode_task(fields, task_id))
             except MalformedRecordError as exc:
                 logger.warning("task record %s is malformed: %s", task_id, exc)
-        return int(reply[0]), tasks
+        return TaskPage(total=int(reply[0]), tasks=tasks, total_is_exact=reply[1] == 1)
+
+    async def oldest_due_at(self) -> datetime | None:
+        raw = await self._run("oldest_due", [self._now_ms()])
+        return None if not raw else datetime.fromtimestamp(int(raw) / 1000, UTC)
+
+    async def finished_counts(self, edges: Sequence[datetime]) -> list[int]:
+        bounds = [int(edge.timestamp() * 1000) for edge in edges]
+        if len(bounds) < 2:
+            return []
+        return [
+            int(count) for count in await self._run("finished_counts", [self._now_ms(), *bounds])
+        ]
+
+    async def set_paused(self, paused: bool) -> None:
+        key = f"{self.prefix}:paused"
+        try:
+            if paused:
+                await self._client.set(key, b"1")
+            else:
+                await self._client.delete(key)
+                await self._client.publish(f"{self.prefix}:wake", b"resumed")
+        except (RedisError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+
+    async def is_paused(self) -> bool:
+        try:
+            return bool(await self._client.exists(f"{self.prefix}:paused"))
+        except (RedisError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+
+    async def record_worker(self, info: WorkerInfo) -> None:
+        try:
+            await self._client.hset(f"{self.prefix}:workers", info.id, info.to_json())
+        except (RedisError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+
+    async def remove_worker(self, worker_id: str) -> None:
+        try:
+            await self._client.hdel(f"{self.prefix}:workers", worker_id)
+        except (RedisError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        key = f"{self.prefix}:workers"
+        try:
+            raw = cast("dict[bytes, bytes]", await self._client.hgetall(key))
+        except ResponseError:  # WRONGTYPE: garbage where the records belong
+            logger.warning("key %s does not hold worker records", key)
+            return []
+        except (RedisError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        workers, gone = [], []
+        for worker_id, record in raw.items():
+            try:
+                info = WorkerInfo.from_json(record)
+            except ValueError as exc:
+                logger.warning("worker record %r is malformed: %s", worker_id[:100], exc)
+                gone.append(worker_id)
+                continue
+            if info.expires_at <= now:
+                gone.append(worker_id)
+            else:
+                workers.append(info)
+        if gone:  # a process that died without saying so
+            with contextlib.suppress(RedisError, OSError):
+                await self._client.hdel(key, *gone)
+        return sorted(workers, key=lambda info: info.id)
 
     async def delete_task(self, task_id: str) -> bool:
         code = int(await self._run("delete", [self._now_ms(), task_id]))

@@ -30,6 +30,7 @@ import pytest
 # imported; without this, a failing contract test would say "AssertionError" and nothing more.
 pytest.register_assert_rewrite(
     f"{__name__}._lifecycle",
+    f"{__name__}._management",
     f"{__name__}._queueing",
     f"{__name__}._storage",
     f"{__name__}._support",
@@ -37,13 +38,14 @@ pytest.register_assert_rewrite(
 
 from ._clock import FakeClock  # noqa: E402  # after the rewrite registration above
 from ._lifecycle import LifecycleContract  # noqa: E402  # after the rewrite registration above
+from ._management import ManagementContract  # noqa: E402  # after the rewrite registration above
 from ._queueing import QueueingContract  # noqa: E402  # after the rewrite registration above
 from ._storage import StorageContract  # noqa: E402  # after the rewrite registration above
 
 __all__ = ["BrokerContract", "FakeClock"]
 
 
-class BrokerContract(StorageContract, QueueingContract, LifecycleContract):
+class BrokerContract(StorageContract, QueueingContract, LifecycleContract, ManagementContract):
     """The broker conformance suite: a class of async pytest tests over a ``broker`` fixture.
 
     It pins what the ``AbstractBroker`` docstrings promise: payloads round-trip; the ordering

@@ -6,6 +6,7 @@ local prefix = ARGV[1]
 local ready_key = prefix .. ':ready'
 local delayed_key = prefix .. ':delayed'
 local processing_key = prefix .. ':processing'
+local all_key = prefix .. ':all'
 local counts_key = prefix .. ':counts'
 local unique_key = prefix .. ':unique'
 local quarantine_key = prefix .. ':quarantine'

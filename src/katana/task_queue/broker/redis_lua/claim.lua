@@ -39,6 +39,8 @@ end
 
 local claimed = {}
 local n = 0
+-- A paused queue still takes outcomes but hands out nothing; resuming publishes a wake-up.
+local paused = redis.call('EXISTS', prefix .. ':paused') == 1
 
 -- Claim one popped ready entry, quarantine it, or give it back; updates n and mode.
 local function take(member, score)
@@ -90,7 +92,7 @@ local function take(member, score)
   claimed[#claimed + 1] = record
 end
 
-while n < count and mode == '' do
+while not paused and n < count and mode == '' do
   local popped = redis.call('ZPOPMIN', ready_key, count - n)
   if #popped == 0 then
     break
@@ -104,7 +106,7 @@ while n < count and mode == '' do
   end
 end
 
-local next_due = redis.call('ZRANGE', delayed_key, 0, 0, 'WITHSCORES')
+local next_due = paused and {} or redis.call('ZRANGE', delayed_key, 0, 0, 'WITHSCORES')
 local result = {next_due[2] or '', codes, quarantined_now, mode}
 for i = 1, #claimed do
   result[i + 4] = claimed[i]

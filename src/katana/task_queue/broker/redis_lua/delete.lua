@@ -11,5 +11,6 @@ if not TERMINAL[status] then
 end
 redis.call('HINCRBY', counts_key, status, -1)
 redis.call('ZREM', prefix .. ':finished:' .. status, id)
+redis.call('ZREM', all_key, id)
 redis.call('DEL', key)
 return 1

@@ -6,6 +6,7 @@
 local now_ms = tonumber(ARGV[2])
 ensure_type(ready_key, 'zset', now_ms)
 ensure_type(delayed_key, 'zset', now_ms)
+ensure_type(all_key, 'zset', now_ms)
 
 -- The id of the unfinished task holding `unique`, if any.
 local function holder(unique)
@@ -54,6 +55,8 @@ for base = 3, #ARGV, 10 do
       redis.call('HSET', unique_key, unique, id)
     end
     place(key, id, priority, due_ms, now_ms)
+    -- Listing every task, newest first, reads this index (score: creation time, seconds).
+    redis.call('ZADD', all_key, tonumber(ARGV[base + 4]) or now_ms / 1000, id)
     if due_ms <= now_ms then
       due_now = due_now + 1
     end

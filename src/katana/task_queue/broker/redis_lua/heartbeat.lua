@@ -81,6 +81,7 @@ if ARGV[5] ~= '' then
       if redis.call('TYPE', key).ok == 'hash' and redis.call('HGET', key, 'status') == status then
         redis.call('DEL', key)
         redis.call('HINCRBY', counts_key, status, -1)
+        redis.call('ZREM', all_key, id)
       end
       redis.call('ZREM', set, id)
     end
