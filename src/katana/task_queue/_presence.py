@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from ._events import logger
@@ -36,8 +36,10 @@ class Presence:
         current_task_ids: Callable[[], list[str]],
         processed: Callable[[], int],
         task_names: list[str],
+        now: Callable[[], datetime] = utcnow,
         interval: float = PRESENCE_INTERVAL_SECONDS,
     ) -> None:
+        self._now = now
         self._broker = broker
         self._concurrency = concurrency
         self._current_task_ids = current_task_ids
@@ -47,7 +49,7 @@ class Presence:
         host = socket.gethostname()
         self.id = f"{host}:{os.getpid()}:{new_task_id()[:8]}"
         self._host = host
-        self._started_at = utcnow()
+        self._started_at = now()
         self._loop_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -55,7 +57,7 @@ class Presence:
             self._loop_task = asyncio.create_task(self._report_loop(), name="katana-presence")
 
     def record(self) -> WorkerInfo:
-        now = utcnow()
+        now = self._now()
         return WorkerInfo(
             id=self.id,
             host=self._host,

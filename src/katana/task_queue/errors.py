@@ -5,6 +5,8 @@ KatanaError
 ├── UnknownTaskError(KatanaError, ValueError)     add_task() with an unregistered name
 ├── InvalidTaskError(KatanaError, ValueError)     bad priority / delay, or a payload that isn't JSON
 ├── ServiceStateError(KatanaError, RuntimeError)  e.g. start_workers() after shutdown()
+├── TaskNotFoundError(KatanaError, LookupError)   management: no task has this id
+├── TaskStateError(KatanaError, ValueError)       management: not allowed in the task's status
 ├── TaskTimeoutError(KatanaError, TimeoutError)   an attempt ran past its timeout_seconds
 ├── TaskFailedError                               wait_for(): the task ended FAILED or DEAD
 ├── TaskCancelledError                            wait_for(): the task was cancelled
@@ -32,6 +34,8 @@ __all__ = [
     "ServiceStateError",
     "TaskCancelledError",
     "TaskFailedError",
+    "TaskNotFoundError",
+    "TaskStateError",
     "TaskTimeoutError",
     "UnknownTaskError",
 ]
@@ -43,6 +47,14 @@ class KatanaError(Exception):
 
 class UnknownTaskError(KatanaError, ValueError):
     """No executor is registered under the task name."""
+
+
+class TaskNotFoundError(KatanaError, LookupError):
+    """No task with this id is stored (never was, or was deleted after its retention)."""
+
+
+class TaskStateError(KatanaError, ValueError):
+    """The task's status does not allow the requested action (e.g. deleting a running task)."""
 
 
 class InvalidTaskError(KatanaError, ValueError):

@@ -194,7 +194,7 @@ class TaskQueueService:
             timeout_seconds = self._timeouts[name]
         else:
             timeout_seconds = check_timeout(timeout_seconds)
-        now = utcnow() if self._clock is None else datetime.fromtimestamp(self._clock(), UTC)
+        now = self._now()
         return new_pending_task(
             name,
             detached_payload(payload),
@@ -302,6 +302,7 @@ class TaskQueueService:
                 current_task_ids=self._current_task_ids,
                 processed=lambda: self._processed,
                 task_names=self.task_names,
+                now=self._now,
             )
             self._presence.start()
         logger.info("started %d workers", num_workers, extra={"katana_event": "workers_started"})
@@ -313,6 +314,9 @@ class TaskQueueService:
 
     def _stopping(self) -> bool:
         return self._state is not ServiceState.RUNNING
+
+    def _now(self) -> datetime:
+        return utcnow() if self._clock is None else datetime.fromtimestamp(self._clock(), UTC)
 
     def _current_task_ids(self) -> list[str]:
         return [worker.current.id for worker in self._workers if worker.current is not None]

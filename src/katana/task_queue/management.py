@@ -1,0 +1,285 @@
+"""QueueManager: the one place the HTTP API, the dashboard and the admin CLI look and act through.
+
+Every read and action here works on any broker, through the ``AbstractBroker`` interface, so
+the same code serves the embedded in-memory queue and a Redis queue shared by many hosts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ._events import log_task_event
+from ._validation import check_delay, check_max_retries, check_priority, detached_payload
+from .errors import InvalidTaskError, TaskNotFoundError, TaskStateError
+from .listing import MAX_PAGE_SIZE, TaskPage, TaskQuery, WorkerInfo
+from .models import TERMINAL_STATUSES, Task, TaskStatus, new_pending_task, utcnow
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable
+
+    from .broker.base import AbstractBroker
+    from .service import TaskQueueService
+
+__all__ = [
+    "DEAD_LETTER_STATUSES",
+    "MAX_TASK_NAME_LENGTH",
+    "RETRYABLE_STATUSES",
+    "ActionResult",
+    "QueueManager",
+    "QueueOverview",
+]
+
+#: Longest task name ``enqueue`` accepts without a service to check it against.
+MAX_TASK_NAME_LENGTH = 200
+#: Statuses a task can be retried from: it ran (or was stopped) and is finished.
+RETRYABLE_STATUSES = TERMINAL_STATUSES
+#: Dead letters: tasks that failed for good.
+DEAD_LETTER_STATUSES = (TaskStatus.FAILED, TaskStatus.DEAD)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueOverview:
+    """A queue at one instant."""
+
+    queue: str
+    counts: dict[TaskStatus, int]
+    #: Seconds the longest-waiting due task has waited since it became due (0: none waits).
+    oldest_pending_age_seconds: float
+    #: Tasks finished per minute, oldest minute first; the last entry is the current minute
+    #: so far.
+    finished_per_minute: list[int]
+    paused: bool
+    workers: list[WorkerInfo]
+    at: datetime
+
+    @property
+    def throughput_per_second(self) -> float:
+        """Finished tasks per second over the last full minutes (0 with no history)."""
+        full_minutes = self.finished_per_minute[:-1]
+        return sum(full_minutes) / (60 * len(full_minutes)) if full_minutes else 0.0
+
+
+@dataclass(slots=True)
+class ActionResult:
+    """What a bulk action did: ids it acted on, and why it skipped the others."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+class QueueManager:
+    """Looks at and steers one queue.
+
+    Args:
+        broker: The queue's broker.
+        service: The application's service, when there is one: ``enqueue`` then refuses task
+            names it has no executor for, and applies their registered retries and timeouts.
+        clock: The current POSIX time; pass the broker's clock when it is a fake one.
+    """
+
+    def __init__(
+        self,
+        broker: AbstractBroker,
+        service: TaskQueueService | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.service = service
+        self._clock = clock
+
+    @property
+    def queue(self) -> str:
+        return self.broker.queue
+
+    def _now(self) -> datetime:
+        return utcnow() if self._clock is None else datetime.fromtimestamp(self._clock(), UTC)
+
+    # -- looking -------------------------------------------------------------------------
+
+    async def overview(self, *, minutes: int = 15) -> QueueOverview:
+        """Counts, the oldest waiting task's age, finishes per minute, pause state, workers."""
+        if type(minutes) is not int or not 1 <= minutes <= 24 * 60:
+            raise ValueError(f"minutes must be an integer from 1 to 1440, got {minutes!r}")
+        now = self._now()
+        this_minute = now.replace(second=0, microsecond=0)
+        edges = [this_minute - timedelta(minutes=n) for n in range(minutes - 1, -1, -1)]
+        edges.append(now + timedelta(milliseconds=1))  # brokers may keep milliseconds
+        counts = await self.broker.count_by_status()
+        oldest = await self.broker.oldest_due_at()
+        finished = await self.broker.finished_counts(edges)
+        return QueueOverview(
+            queue=self.queue,
+            counts=counts,
+            oldest_pending_age_seconds=0.0
+            if oldest is None
+            else max(0.0, (now - oldest).total_seconds()),
+            finished_per_minute=finished,
+            paused=await self.broker.is_paused(),
+            workers=await self.broker.list_workers(),
+            at=now,
+        )
+
+    async def tasks(
+        self, query: TaskQuery | None = None, *, limit: int = 50, offset: int = 0
+    ) -> TaskPage:
+        """One page of tasks; see ``TaskQuery`` for filters and order."""
+        return await self.broker.list_tasks(query or TaskQuery(), limit=limit, offset=offset)
+
+    async def task(self, task_id: str) -> Task:
+        """The task with this id; raises ``TaskNotFoundError``."""
+        task = await self.broker.get_task(task_id)
+        if task is None:
+            raise TaskNotFoundError(f"no task has id {task_id!r}")
+        return task
+
+    async def workers(self) -> list[WorkerInfo]:
+        return await self.broker.list_workers()
+
+    async def dead_letters(self, *, limit: int = 50, offset: int = 0) -> TaskPage:
+        """FAILED and DEAD tasks, most recently finished first."""
+        pages = [
+            await self.broker.list_tasks(TaskQuery(status=status), limit=MAX_PAGE_SIZE)
+            for status in DEAD_LETTER_STATUSES
+        ]
+        letters = sorted(
+            (task for page in pages for task in page.tasks),
+            key=lambda task: task.finished_at or task.created_at,
+            reverse=True,
+        )
+        return TaskPage(
+            total=sum(page.total for page in pages),
+            tasks=letters[offset : offset + limit],
+            total_is_exact=all(page.total_is_exact for page in pages),
+        )
+
+    async def scheduled(self, *, limit: int = 50, offset: int = 0) -> TaskPage:
+        """PENDING tasks not yet due, the soonest first."""
+        return await self.broker.list_tasks(TaskQuery(scheduled=True), limit=limit, offset=offset)
+
+    # -- acting on one task --------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        name: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        priority: int = 0,
+        delay_seconds: float = 0,
+        max_retries: int | None = None,
+    ) -> Task:
+        """Add a task; checked like ``add_task`` (and against the service's names if given)."""
+        if self.service is not None:
+            return await self.service.add_task(
+                name, payload, priority, delay_seconds, max_retries=max_retries
+            )
+        if type(name) is not str or not 0 < len(name) <= MAX_TASK_NAME_LENGTH:
+            raise InvalidTaskError(
+                f"a task name must be 1 to {MAX_TASK_NAME_LENGTH} characters, got {name!r}"
+            )
+        priority = check_priority(priority)
+        delay = check_delay(delay_seconds)
+        retries = 0 if max_retries is None else check_max_retries(max_retries)
+        now = self._now()
+        task = new_pending_task(
+            name, detached_payload(payload), priority, now, now + timedelta(seconds=delay), retries
+        )
+        await self.broker.enqueue(task)
+        log_task_event(logging.INFO, "task_created", task, "task %s (%s) created", task.id, name)
+        return task
+
+    async def retry(self, task_id: str) -> Task:
+        """Queue a finished task again, due now; raises ``TaskStateError`` for an unfinished one."""
+        task = await self.task(task_id)
+        if task.status not in RETRYABLE_STATUSES:
+            raise TaskStateError(
+                f"task {task_id} is {task.status.value}; only finished tasks retry"
+            )
+        await self.broker.update_task_status(task_id, TaskStatus.PENDING)
+        log_task_event(logging.INFO, "task_redriven", task, "task %s queued again", task_id)
+        return await self.task(task_id)
+
+    async def cancel(self, task_id: str) -> Task:
+        """Cancel a PENDING task, or ask its worker to stop a PROCESSING one.
+
+        Raises ``TaskStateError`` if it already finished. A running task's status changes
+        once its worker has stopped it.
+        """
+        task = await self.task(task_id)
+        if task.status in TERMINAL_STATUSES:
+            raise TaskStateError(f"task {task_id} already finished ({task.status.value})")
+        await self.broker.cancel(task_id)
+        return await self.task(task_id)
+
+    async def delete(self, task_id: str) -> None:
+        """Delete a finished task; raises ``TaskStateError`` for one that is not finished."""
+        task = await self.task(task_id)
+        if task.status not in TERMINAL_STATUSES or not await self.broker.delete_task(task_id):
+            raise TaskStateError(
+                f"task {task_id} is {task.status.value}; cancel it before deleting it"
+            )
+
+    # -- acting on many ------------------------------------------------------------------
+
+    async def retry_many(self, task_ids: Iterable[str]) -> ActionResult:
+        return await self._each(task_ids, self.retry)
+
+    async def cancel_many(self, task_ids: Iterable[str]) -> ActionResult:
+        return await self._each(task_ids, self.cancel)
+
+    async def delete_many(self, task_ids: Iterable[str]) -> ActionResult:
+        return await self._each(task_ids, self.delete)
+
+    async def retry_matching(self, query: TaskQuery) -> int:
+        """Retry every finished task ``query`` selects (e.g. all FAILED ``send_email``)."""
+        return await self._each_matching(query, self.retry)
+
+    async def delete_matching(self, query: TaskQuery) -> int:
+        """Delete every finished task ``query`` selects; returns how many."""
+        return await self._each_matching(query, self.delete)
+
+    async def _each(
+        self, task_ids: Iterable[str], action: Callable[[str], Awaitable[object]]
+    ) -> ActionResult:
+        result = ActionResult()
+        for task_id in dict.fromkeys(task_ids):  # once each, in the order given
+            try:
+                await action(task_id)
+            except (TaskNotFoundError, TaskStateError) as exc:
+                result.skipped[task_id] = str(exc)
+            else:
+                result.done.append(task_id)
+        return result
+
+    async def _each_matching(
+        self, query: TaskQuery, action: Callable[[str], Awaitable[object]]
+    ) -> int:
+        statuses = [query.status] if query.status is not None else list(DEAD_LETTER_STATUSES)
+        if any(status not in TERMINAL_STATUSES for status in statuses):
+            raise TaskStateError("bulk retry and delete act on finished tasks only")
+        # The matching ids are read first, then acted on: a retried task may fail again and
+        # come back into the listing, and must not be retried twice by one request.
+        task_ids: list[str] = []
+        for status in statuses:
+            each = TaskQuery(status=status, name=query.name, text=query.text)
+            while True:
+                page = await self.broker.list_tasks(each, limit=MAX_PAGE_SIZE, offset=len(task_ids))
+                task_ids.extend(task.id for task in page.tasks)
+                if len(page.tasks) < MAX_PAGE_SIZE:
+                    break
+        return len((await self._each(task_ids, action)).done)
+
+    # -- the queue -----------------------------------------------------------------------
+
+    async def pause(self) -> None:
+        """Workers of every process stop claiming; running tasks finish."""
+        await self.broker.set_paused(True)
+
+    async def resume(self) -> None:
+        await self.broker.set_paused(False)
+
+    async def is_paused(self) -> bool:
+        return await self.broker.is_paused()
