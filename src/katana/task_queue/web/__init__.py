@@ -1,0 +1,47 @@
+"""Katana's web layer: a FastAPI router with the JSON API, the dashboard and ``/metrics``.
+
+Mount it in any FastAPI app (needs the ``web`` extra)::
+
+    app.include_router(katana_router(manager), prefix="/katana")
+
+``manager`` is a ``QueueManager``, or a callable taking the request and returning one (for an
+app that builds its service in its lifespan). ``auth`` is a FastAPI dependency the app
+provides: it runs before every route and rejects a request by raising ``HTTPException``.
+With ``read_only=True`` every state-changing route answers 403. State-changing requests must
+carry the ``X-Katana-Request`` header and, when the browser sends an ``Origin``, come from the
+same host: a cross-site form or script cannot act on the queue.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+try:
+    from fastapi import APIRouter, Depends
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "katana.task_queue.web needs FastAPI: pip install 'katana-task-queue[web]'"
+    ) from exc
+
+from . import api
+from ._deps import CSRF_HEADER, Dependencies, ManagerSource, WebSettings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["CSRF_HEADER", "katana_router"]
+
+
+def katana_router(
+    manager: ManagerSource,
+    *,
+    auth: Callable[..., Any] | None = None,
+    read_only: bool = False,
+    title: str = "Katana",
+) -> APIRouter:
+    """The API (``/api/...``), the dashboard and ``/metrics``, as one router to mount."""
+    deps = Dependencies(WebSettings(manager=manager, read_only=read_only, title=title))
+    guards = [] if auth is None else [Depends(auth)]
+    router = APIRouter(dependencies=[*guards, Depends(deps.bind)])
+    router.include_router(api.router)
+    return router
