@@ -34,7 +34,7 @@ import logging
 import math
 import os
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import datetime  # noqa: TC003  # pydantic evaluates field annotations at runtime
+from datetime import datetime  # pydantic evaluates field annotations at runtime
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from katana.task_queue.broker import AbstractBroker, InMemoryBroker
 from katana.task_queue.cli import broker_from_url
 from katana.task_queue.errors import BrokerError, InvalidTaskError, UnknownTaskError
-from katana.task_queue.models import TaskStatus  # noqa: TC001  # needed by pydantic at runtime
+from katana.task_queue.models import TaskStatus  # needed by pydantic at runtime
 from katana.task_queue.service import ServiceState, TaskQueueService
 
 if TYPE_CHECKING:
