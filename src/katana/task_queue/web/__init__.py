@@ -23,7 +23,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "katana.task_queue.web needs FastAPI: pip install 'katana-task-queue[web]'"
     ) from exc
 
-from . import api
+from . import api, dashboard
 from ._deps import CSRF_HEADER, Dependencies, ManagerSource, WebSettings
 
 if TYPE_CHECKING:
@@ -39,9 +39,10 @@ def katana_router(
     read_only: bool = False,
     title: str = "Katana",
 ) -> APIRouter:
-    """The API (``/api/...``), the dashboard and ``/metrics``, as one router to mount."""
+    """The API (``/api/...``), the dashboard (``/``) and ``/metrics``, as one router to mount."""
     deps = Dependencies(WebSettings(manager=manager, read_only=read_only, title=title))
     guards = [] if auth is None else [Depends(auth)]
     router = APIRouter(dependencies=[*guards, Depends(deps.bind)])
     router.include_router(api.router)
+    router.include_router(dashboard.router)
     return router
