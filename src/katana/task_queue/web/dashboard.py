@@ -96,8 +96,12 @@ async def _show(
 def _broker_down(
     request: Request, template: str, context: Mapping[str, Any], exc: BrokerError, *, live: bool
 ) -> HTMLResponse:
-    logger.warning(
-        "dashboard: broker error: %s", exc, extra={"katana_event": "dashboard_broker_error"}
+    # Polls repeat every 2 s per open tab: only the page loads are worth a warning.
+    logger.log(
+        logging.DEBUG if live else logging.WARNING,
+        "dashboard: broker error: %s",
+        exc,
+        extra={"katana_event": "dashboard_broker_error"},
     )
     failed = {**context, "broker_error": str(exc) or type(exc).__name__}
     return render(request, template, failed, status_code=200 if live else 503)
