@@ -123,9 +123,10 @@ def _acting() -> Iterator[None]:
     """An action's errors as HTTP errors: 400, 404, 409, 422 or 503 with a clear message."""
     try:
         with http_errors():
-            yield
-    except FilterError as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+            try:
+                yield
+            except FilterError as exc:  # before http_errors makes this ValueError a 422
+                raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
     except BrokerError as exc:  # unreachable is mapped by http_errors; closed lands here
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
 
