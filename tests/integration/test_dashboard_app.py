@@ -36,6 +36,18 @@ def free_port() -> int:
         return port
 
 
+def start_dashboard(*args: str) -> subprocess.Popen[bytes]:
+    """Run ``katana dashboard *args`` with its stderr on a pipe (see ``read_until``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "katana.task_queue.cli", "dashboard", *args],
+        cwd=REPO_ROOT,
+        env={k: v for k, v in os.environ.items() if k != "KATANA_BROKER_URL"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
 async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with (
         app.router.lifespan_context(app),
@@ -107,18 +119,10 @@ async def test_katana_dashboard_serves_a_redis_queue_on_loopback(
     broker = RedisBroker(redis_url, queue=queue_name)
     task = await QueueManager(broker).enqueue("report", {"n": 1})
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "KATANA_BROKER_URL"}
 
     # When `katana dashboard` serves that queue
-    command = [sys.executable, "-m", "katana.task_queue.cli", "dashboard"]
-    args = ["--broker", redis_url, "--queue", queue_name, "--port", str(port), "--read-only"]
-    process = subprocess.Popen(
-        [*command, *args],
-        cwd=REPO_ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    process = start_dashboard(
+        "--broker", redis_url, "--queue", queue_name, "--port", str(port), "--read-only"
     )
     try:
         assert process.stderr is not None
