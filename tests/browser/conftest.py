@@ -35,7 +35,9 @@ def chromium_path() -> str:
     return str(CHROMIUM)
 
 
-@pytest.fixture(scope="session")
+# Module-scoped, not session-scoped: the sync Playwright API holds an event loop in this thread
+# while it runs, and the async tests of the modules after this one need the thread's loop.
+@pytest.fixture(scope="module")
 def browser(chromium_path: str) -> Iterator[Browser]:
     expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     with sync_playwright() as playwright:
