@@ -103,15 +103,16 @@ _environment.globals.update(
 )
 
 
-def base_path(request: Request) -> str:
+def base_path(request: Request, route_path: str) -> str:
     """Where the router is mounted, e.g. ``/katana`` (``""`` at the root), with root_path.
 
-    Found by taking the route's own path, with this request's parameters, off the end of the
-    request's path: it works at any prefix, behind a proxy's root_path, and if the app mounts
-    two dashboards (where route names, and so ``url_for``, would collide).
+    ``route_path`` is the path of the request's route as the router declares it (e.g.
+    ``/tasks/{task_id}``): filled with the request's parameters and taken off the end of the
+    request's path, it leaves the prefix the app mounted the router at. This works at any
+    prefix, behind a proxy's root_path, whichever way the FastAPI version records included
+    routes, and when an app mounts two dashboards (where route names, so ``url_for``, collide).
     """
-    route = request.scope["route"]
-    own = str(route.url_path_for(route.name, **request.path_params))
+    own = route_path.format(**request.path_params)
     path: str = request.scope["path"]
     root: str = request.scope.get("root_path", "")
     if root and path.startswith(root):
@@ -121,12 +122,17 @@ def base_path(request: Request) -> str:
 
 
 def render(
-    request: Request, template: str, context: Mapping[str, Any], *, status_code: int = 200
+    request: Request,
+    template: str,
+    context: Mapping[str, Any],
+    *,
+    base: str,
+    status_code: int = 200,
 ) -> HTMLResponse:
     """Render ``template`` with what every page needs (base path, title, read-only, now)."""
     settings = current_settings(request)
     full = {
-        "base": base_path(request),
+        "base": base,
         "title": settings.title,
         "queue": current_manager(request).queue,
         "page": "",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.routing import APIRoute
 
 from ..errors import BrokerError, TaskNotFoundError
 from ..listing import TaskQuery
@@ -29,8 +30,8 @@ from ._views import (
     base_path,
     form_data,
     parse_listing,
-    render,
 )
+from ._views import render as render_template
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -68,6 +69,17 @@ _TASKS = _TableView("tasks", "Tasks", ("retry", "cancel", "delete"))
 _DEAD_LETTERS = _TableView("dead-letters", "Dead letters", ("retry", "delete"))
 _SCHEDULED = _TableView("scheduled", "Scheduled", ("cancel",))
 _VIEWS = {view.key: view for view in (_TASKS, _DEAD_LETTERS, _SCHEDULED)}
+
+
+def _base(request: Request) -> str:
+    """The path the router is mounted at, for this request's links."""
+    return base_path(request, _ROUTE_PATHS[request.scope["endpoint"]])
+
+
+def render(
+    request: Request, template: str, context: Mapping[str, Any], *, status_code: int = 200
+) -> HTMLResponse:
+    return render_template(request, template, context, base=_base(request), status_code=status_code)
 
 
 # -- rendering with the broker's errors caught -------------------------------------------
@@ -339,7 +351,7 @@ async def _delete(request: Request, manager: Manager, task_id: str) -> Response:
         await manager.delete(task_id)
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     # A full navigation: the task's page no longer has anything to show.
-    response.headers["HX-Redirect"] = f"{base_path(request)}/tasks"
+    response.headers["HX-Redirect"] = f"{_base(request)}/tasks"
     return response
 
 
@@ -375,3 +387,9 @@ async def _static(name: str) -> FileResponse:
         media_type=media_type,
         headers={"Cache-Control": "public, max-age=3600"},
     )
+
+
+#: Each route's path as declared here, before any prefix: how ``_base`` finds the prefix.
+_ROUTE_PATHS = {
+    route.endpoint: route.path for route in router.routes if isinstance(route, APIRoute)
+}
