@@ -136,3 +136,30 @@ def test_a_banner_when_the_broker_or_the_server_is_unreachable(page: Page) -> No
 
     # When the dashboard's own server goes away, the next poll says that instead
     expect(page.locator("#flash")).to_contain_text("The dashboard server does not answer")
+
+
+def test_live_regions_poll_only_while_the_tab_is_visible(page: Page, api: Api) -> None:
+    # Given the overview, with the page's timers under the test's control
+    page.clock.install()
+    page.goto(f"{api.dashboard}/")
+    polls: list[str] = []
+    page.on("request", lambda request: polls.append(request.url) if "/_/" in request.url else None)
+    with page.expect_request(lambda request: "/_/overview" in request.url):
+        page.clock.run_for(2_100)
+
+    # When the tab is hidden for a minute
+    page.evaluate(
+        "Object.defineProperty(document, 'visibilityState', "
+        "{get: () => 'hidden', configurable: true})"
+    )
+    polls.clear()
+    page.clock.run_for(60_000)
+
+    # Then it polls again only once the tab is shown, at once
+    with page.expect_request(lambda request: "/_/overview" in request.url):
+        page.evaluate(
+            "Object.defineProperty(document, 'visibilityState', "
+            "{get: () => 'visible', configurable: true});"
+            "document.dispatchEvent(new Event('visibilitychange'))"
+        )
+    assert len(polls) == 1, polls  # requests are reported in order: none while hidden
