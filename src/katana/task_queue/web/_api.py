@@ -23,7 +23,6 @@ from ._schemas import (
     WorkerOut,
 )
 
-
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, description="Tasks to skip.")]
 

@@ -10,7 +10,6 @@ from ..metrics import CONTENT_TYPE_LATEST
 from ._deps import Manager, WebSettings, current_settings
 from ._errors import http_errors
 
-
 router = APIRouter(tags=["katana"])
 
 
