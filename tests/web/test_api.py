@@ -91,14 +91,14 @@ async def test_overview_workers_and_listing(
 ) -> None:
     for n in range(3):
         await service.add_task("ok", {"n": n})
-    await service.add_task("bad", {"n": 99})
+    await service.add_task("bad", {"n": 99, "tag": "Needle"})
     await finish_all(service)
     await service.add_task("ok", {"n": 100}, delay_seconds=600)
 
     overview = (await client.get("/katana/api/overview?minutes=5")).json()
     workers = (await client.get("/katana/api/workers")).json()
     completed = (await client.get("/katana/api/tasks?status=COMPLETED&limit=2")).json()
-    by_text = (await client.get("/katana/api/tasks", params={"text": "99"})).json()
+    by_text = (await client.get("/katana/api/tasks", params={"text": "needle"})).json()
     scheduled = (await client.get("/katana/api/scheduled")).json()
     letters = (await client.get("/katana/api/dead-letters")).json()
 
@@ -112,7 +112,7 @@ async def test_overview_workers_and_listing(
     assert [task["payload"]["n"] for task in by_text["tasks"]] == [99]
     assert [task["payload"]["n"] for task in scheduled["tasks"]] == [100]
     [letter] = letters["tasks"]
-    assert letter["error"] == "ValueError: cannot handle {'n': 99}"
+    assert letter["error"] == "ValueError: cannot handle {'n': 99, 'tag': 'Needle'}"
     assert "Traceback" in letter["traceback"]
 
 

@@ -99,6 +99,7 @@ async def test_metrics_during_a_run_match_the_broker(
             counts_during = await broker.count_by_status()
             gate.opened.set()
             await service.wait_idle(timeout=10)
+            await service.shutdown(timeout=5)  # every outcome confirmed, and so counted
             after = parse((await client.get("/k/metrics")).text)
             counts_after = await broker.count_by_status()
     finally:
