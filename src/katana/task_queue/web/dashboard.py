@@ -76,7 +76,7 @@ def _base(request: Request) -> str:
     return base_path(request, _ROUTE_PATHS[request.scope["endpoint"]])
 
 
-def render(
+def _render(
     request: Request, template: str, context: Mapping[str, Any], *, status_code: int = 200
 ) -> HTMLResponse:
     return render_template(request, template, context, base=_base(request), status_code=status_code)
@@ -102,7 +102,7 @@ async def _show(
         loaded = await load()
     except BrokerError as exc:
         return _broker_down(request, template, context, exc, live=live)
-    return render(request, template, {**context, **loaded})
+    return _render(request, template, {**context, **loaded})
 
 
 def _broker_down(
@@ -116,11 +116,11 @@ def _broker_down(
         extra={"katana_event": "dashboard_broker_error"},
     )
     failed = {**context, "broker_error": str(exc) or type(exc).__name__}
-    return render(request, template, failed, status_code=200 if live else 503)
+    return _render(request, template, failed, status_code=200 if live else 503)
 
 
 def _error_page(request: Request, status_code: int, message: str) -> HTMLResponse:
-    return render(request, "error.html", {"message": message}, status_code=status_code)
+    return _render(request, "error.html", {"message": message}, status_code=status_code)
 
 
 def _listing(request: Request) -> Listing:
@@ -315,7 +315,7 @@ async def _task_page(request: Request, manager: Manager, task_id: str) -> HTMLRe
         return _broker_down(request, "task.html", context, exc, live=False)
     if loaded["task"] is None:
         return _error_page(request, status.HTTP_404_NOT_FOUND, f"No task has id {task_id!r}.")
-    return render(request, "task.html", {**context, **loaded})
+    return _render(request, "task.html", {**context, **loaded})
 
 
 @router.get("/_/tasks/{task_id}", response_class=HTMLResponse)
