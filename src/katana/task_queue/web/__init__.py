@@ -25,7 +25,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ..management import QueueManager
 from ..metrics import KatanaMetrics
-from . import _api, _metrics_route, dashboard
+from . import _api, _dashboard, _metrics_route
 from ._deps import CSRF_HEADER, Dependencies, ManagerSource, WebSettings
 
 if TYPE_CHECKING:
@@ -57,6 +57,6 @@ def katana_router(
     guards = [] if auth is None else [Depends(auth)]
     router = APIRouter(dependencies=[*guards, Depends(Dependencies(settings).bind)])
     router.include_router(_api.router)
-    router.include_router(dashboard.router)
+    router.include_router(_dashboard.router)
     router.include_router(_metrics_route.router)
     return router
