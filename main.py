@@ -48,6 +48,7 @@ from katana.task_queue.broker import AbstractBroker, InMemoryBroker
 from katana.task_queue.cli import broker_from_url
 from katana.task_queue.errors import BrokerError, InvalidTaskError, UnknownTaskError
 from katana.task_queue.management import QueueManager
+from katana.task_queue.metrics import KatanaMetrics
 from katana.task_queue.models import TaskStatus  # needed by pydantic at runtime
 from katana.task_queue.service import ServiceState, TaskQueueService
 from katana.task_queue.web import katana_router
@@ -138,6 +139,7 @@ def create_app(
             yet, so the task lifecycle shows in the server's terminal.
     """
     executors = demo_executors(sleep_scale)
+    metrics = KatanaMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -156,6 +158,7 @@ def create_app(
             service = TaskQueueService(broker=task_broker, task_executors=executors)
             app.state.service = service
             app.state.katana_manager = QueueManager(task_broker, service)
+            metrics.label_queue(task_broker.queue)  # known once the broker is built
             stack.push_async_callback(service.shutdown, SHUTDOWN_GRACE_SECONDS)
             # On a shared broker, worker processes started by the CLI run the tasks.
             in_process = "multi_process" not in task_broker.capabilities
@@ -178,7 +181,9 @@ def create_app(
     app.exception_handler(RequestValidationError)(_request_validation_error)
     app.include_router(_router())
     # The dashboard and management API, with the manager the lifespan builds.
-    app.include_router(katana_router(_get_manager, title="Katana demo"), prefix="/katana")
+    app.include_router(
+        katana_router(_get_manager, title="Katana demo", metrics=metrics), prefix="/katana"
+    )
     return app
 
 

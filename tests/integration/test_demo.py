@@ -234,6 +234,25 @@ async def test_the_dashboard_and_management_api_are_mounted_at_katana(demo: Demo
     assert api.json()["status"] == "FAILED"
 
 
+async def test_the_demos_metrics_count_its_tasks_under_its_queue(demo: Demo) -> None:
+    # Given two tasks enqueued through the demo's own endpoint, run to the end
+    for to in ("a@example.com", "b@example.com"):
+        await demo.add_task(name="send_email", payload={"to": to})
+    await demo.service.wait_idle(timeout=WAIT_SECONDS)
+    await demo.service.shutdown(timeout=WAIT_SECONDS)  # every outcome confirmed and counted
+
+    # When Prometheus scrapes /katana/metrics
+    scraped = (await demo.client.get("/katana/metrics")).text
+
+    # Then the counters carry the broker's queue name, and the gauge its counts
+    queue = demo.service.broker.queue
+    labels = f'queue="{queue}",task="send_email"'
+    assert f"katana_tasks_enqueued_total{{{labels}}} 2.0" in scraped
+    finished = f'queue="{queue}",status="COMPLETED",task="send_email"'
+    assert f"katana_tasks_finished_total{{{finished}}} 2.0" in scraped
+    assert f'katana_queue_tasks{{queue="{queue}",status="COMPLETED"}} 2.0' in scraped
+
+
 # -- bad input: a 4xx with a message, never a 500 ---------------------------------------------
 
 

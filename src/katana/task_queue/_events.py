@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -15,18 +17,25 @@ __all__ = ["add_event_listener", "log_task_event", "logger", "remove_event_liste
 logger = logging.getLogger("katana.task_queue")
 
 #: Called with (event, task) for every lifecycle event, whatever the log level: metrics.
-_listeners: list[Callable[[str, Task], None]] = []
+#: Bound methods are held weakly, so an app's metrics go away with the app.
+_listeners: list[Callable[[], Callable[[str, Task], None] | None]] = []
+
+
+def _reference(listener: Callable[[str, Task], None]) -> Callable[[], Any]:
+    if inspect.ismethod(listener):
+        return weakref.WeakMethod(listener)
+    return lambda: listener
 
 
 def add_event_listener(listener: Callable[[str, Task], None]) -> None:
     """Call ``listener(event, task)`` on every lifecycle event in this process."""
-    if listener not in _listeners:
-        _listeners.append(listener)
+    _listeners[:] = [reference for reference in _listeners if reference() is not None]
+    if all(reference() != listener for reference in _listeners):
+        _listeners.append(_reference(listener))
 
 
 def remove_event_listener(listener: Callable[[str, Task], None]) -> None:
-    if listener in _listeners:
-        _listeners.remove(listener)
+    _listeners[:] = [ref for ref in _listeners if ref() not in (listener, None)]
 
 
 def log_task_event(
@@ -39,7 +48,10 @@ def log_task_event(
     details: dict[str, object] | None = None,
 ) -> None:
     """Log ``message`` with ``katana_event``, ``task_id``, ``task_name`` (and ``details``)."""
-    for listener in _listeners:
+    for reference in _listeners:
+        listener = reference()
+        if listener is None:
+            continue  # collected; the next add_event_listener prunes it
         try:
             listener(event, task)
         except Exception:  # a broken listener must not break the task's lifecycle

@@ -109,6 +109,10 @@ class KatanaMetrics:
     def queue(self) -> str:
         return self._queue or "default"
 
+    def label_queue(self, queue: str) -> None:
+        """Set the ``queue`` label, for an app that learns its queue after building this."""
+        self._queue = queue
+
     def install(self) -> KatanaMetrics:
         """Count this process's lifecycle events from now on; returns ``self``."""
         if not self._installed:

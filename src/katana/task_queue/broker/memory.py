@@ -16,7 +16,7 @@ import orjson
 
 from ..errors import BrokerClosedError
 from ..listing import TaskPage, check_page
-from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error, utcnow
+from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error
 from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
 
 if TYPE_CHECKING:
@@ -247,7 +247,7 @@ class InMemoryBroker(AbstractBroker):
             task = self._tasks[task_id]
             self._set_status(task, TaskStatus.PROCESSING)
             task.attempts += 1
-            task.started_at = utcnow()
+            task.started_at = self._instant()
             task.finished_at = None
             task.claim_token = str(next(self._claims))
             if ready and self._waiters:
@@ -341,7 +341,7 @@ class InMemoryBroker(AbstractBroker):
         self._set_status(task, TaskStatus.COMPLETED)
         task.result = detached
         task.error = task.traceback = task.claim_token = None
-        task.finished_at = utcnow()
+        task.finished_at = self._instant()
         return True
 
     async def mark_failed(
@@ -360,7 +360,7 @@ class InMemoryBroker(AbstractBroker):
         self._set_status(task, TaskStatus.FAILED)
         self._record_error(task, error, traceback)
         task.claim_token = None
-        task.finished_at = utcnow()
+        task.finished_at = self._instant()
         return True
 
     async def requeue(
@@ -381,7 +381,7 @@ class InMemoryBroker(AbstractBroker):
         if task_id in self._cancel_requested:  # cancelled while it ran: it does not run again
             self._set_status(task, TaskStatus.CANCELLED)
             task.claim_token = None
-            task.finished_at = utcnow()
+            task.finished_at = self._instant()
             return True
         due = datetime.fromtimestamp(self._clock(), UTC) + timedelta(seconds=delay_seconds)
         self._make_pending(task, due)
@@ -428,7 +428,7 @@ class InMemoryBroker(AbstractBroker):
         if task.status is TaskStatus.PENDING:
             self._queued.pop(task_id, None)
             self._set_status(task, TaskStatus.CANCELLED)
-            task.finished_at = utcnow()
+            task.finished_at = self._instant()
             return True
         self._cancel_requested.add(task_id)
         for listener in list(self._cancel_listeners):
@@ -445,7 +445,7 @@ class InMemoryBroker(AbstractBroker):
             return False
         self._set_status(task, TaskStatus.CANCELLED)
         task.claim_token = None
-        task.finished_at = utcnow()
+        task.finished_at = self._instant()
         return True
 
     async def update_task_status(self, task_id: str, status: TaskStatus) -> None:
@@ -460,11 +460,11 @@ class InMemoryBroker(AbstractBroker):
         self._queued.pop(task_id, None)
         self._set_status(task, status)
         if status is TaskStatus.PROCESSING:
-            task.started_at = utcnow()
+            task.started_at = self._instant()
         else:
             task.claim_token = None
             if status in TERMINAL_STATUSES:
-                task.finished_at = utcnow()
+                task.finished_at = self._instant()
 
     # -- reading -------------------------------------------------------------------------
 
@@ -501,6 +501,10 @@ class InMemoryBroker(AbstractBroker):
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock() + _DATETIME_RESOLUTION, UTC)
+
+    def _instant(self) -> datetime:
+        """The broker's clock now, for the times it records (started, finished)."""
+        return datetime.fromtimestamp(self._clock(), UTC)
 
     async def oldest_due_at(self) -> datetime | None:
         self._ensure_open()
