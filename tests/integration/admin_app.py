@@ -35,7 +35,11 @@ async def fail(task: Task) -> None:
     raise ValueError(f"bad input {task.payload.get('n')}")
 
 
-EXECUTORS = {"send_email": send_email, "fail": fail}
+async def welcome(task: Task) -> str:
+    return f"Welcome, {task.payload['email']}"
+
+
+EXECUTORS = {"send_email": send_email, "fail": fail, "welcome": welcome}
 
 
 def service() -> TaskQueueService:

@@ -120,7 +120,7 @@ def test_enqueue_checks_the_name_against_the_app(memory_app: admin_app.KeptOpenB
 
     assert result.exit_code == 2
     assert "no executor is registered for task name 'send_emial'" in result.stderr
-    assert "registered: fail, send_email" in result.stderr
+    assert "registered: fail, send_email, welcome" in result.stderr
     no_traceback(result)
 
 

@@ -24,7 +24,7 @@ def test_worker_json_logs_name_the_task_of_each_line_logged_while_it_runs() -> N
     assert done.returncode == 0, done.stderr
     banner = [line for line in done.stderr.splitlines() if not line.startswith("{")]
     assert banner[0].startswith("katana 0.1.0 worker on ")
-    assert banner[-1] == "  tasks:       fail, send_email"
+    assert banner[-1] == "  tasks:       fail, send_email, welcome"
     assert len(banner) == 6
     lines: list[dict[str, Any]] = [
         orjson.loads(line) for line in done.stderr.splitlines() if line.startswith("{")
