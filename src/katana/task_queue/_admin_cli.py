@@ -40,7 +40,18 @@ if TYPE_CHECKING:
 
     from .models import Task
 
-__all__ = ["ADMIN_COMMANDS"]
+__all__ = [
+    "ADMIN_COMMANDS",
+    "cancel",
+    "enqueue",
+    "info",
+    "pause",
+    "purge",
+    "redrive",
+    "resume",
+    "retry",
+    "task_detail",
+]
 
 _T = TypeVar("_T")
 
