@@ -20,7 +20,8 @@ Run it with ``make demo``, which starts ``uvicorn main:app --host 127.0.0.1 --po
 
     curl -s http://127.0.0.1:8000/health
 
-Interactive API docs are at http://127.0.0.1:8000/docs. Stopping the server (Ctrl-C) lets
+Interactive API docs are at http://127.0.0.1:8000/docs, and the dashboard at
+http://127.0.0.1:8000/katana/ (its JSON API under /katana/api). Stopping the server (Ctrl-C) lets
 running tasks finish (up to ``SHUTDOWN_GRACE_SECONDS``) before the workers stop.
 
 Tests build their own app with ``create_app(sleep_scale=0.01)`` so the demo tasks run fast,
@@ -46,8 +47,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from katana.task_queue.broker import AbstractBroker, InMemoryBroker
 from katana.task_queue.cli import broker_from_url
 from katana.task_queue.errors import BrokerError, InvalidTaskError, UnknownTaskError
+from katana.task_queue.management import QueueManager
 from katana.task_queue.models import TaskStatus  # needed by pydantic at runtime
 from katana.task_queue.service import ServiceState, TaskQueueService
+from katana.task_queue.web import katana_router
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -152,6 +155,7 @@ def create_app(
                 await task_broker.connect()
             service = TaskQueueService(broker=task_broker, task_executors=executors)
             app.state.service = service
+            app.state.katana_manager = QueueManager(task_broker, service)
             stack.push_async_callback(service.shutdown, SHUTDOWN_GRACE_SECONDS)
             # On a shared broker, worker processes started by the CLI run the tasks.
             in_process = "multi_process" not in task_broker.capabilities
@@ -173,6 +177,8 @@ def create_app(
     )
     app.exception_handler(RequestValidationError)(_request_validation_error)
     app.include_router(_router())
+    # The dashboard and management API, with the manager the lifespan builds.
+    app.include_router(katana_router(_get_manager, title="Katana demo"), prefix="/katana")
     return app
 
 
@@ -203,6 +209,11 @@ def _get_service(request: Request) -> TaskQueueService:
 
 
 Service = Annotated[TaskQueueService, Depends(_get_service)]
+
+
+def _get_manager(request: Request) -> QueueManager:
+    manager: QueueManager = request.app.state.katana_manager
+    return manager
 
 
 # -- HTTP models ---------------------------------------------------------------------------

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
+from typing import TYPE_CHECKING
 
 import pytest
+
+from katana.task_queue.broker import InMemoryBroker
+from katana.task_queue.broker.redis import RedisBroker
+from katana.task_queue.testing import FakeClock
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from katana.task_queue.broker.base import AbstractBroker
 
 
 def _service_url(variable: str, what: str) -> str:
@@ -29,3 +40,26 @@ def redis_url() -> str:
 def queue_name() -> str:
     """A queue name no other test uses, so tests sharing one Redis never see each other."""
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The clock of the ``broker`` fixture's brokers: delays pass only when a test moves it."""
+    return FakeClock(start=time.time())
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def broker(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[AbstractBroker]:
+    """A fresh, empty broker of each kind on the FakeClock (a module may define its own)."""
+    if request.param == "memory":
+        async with InMemoryBroker(clock=clock) as memory:
+            yield memory
+        return
+    redis_url: str = request.getfixturevalue("redis_url")
+    queue_name: str = request.getfixturevalue("queue_name")
+    redis = RedisBroker(redis_url, queue=queue_name, clock=clock)
+    try:
+        yield redis
+    finally:
+        await redis.purge()
+        await redis.close()

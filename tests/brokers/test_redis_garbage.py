@@ -16,6 +16,8 @@ import redis.asyncio as aioredis
 
 from katana.task_queue.broker.redis import RedisBroker
 from katana.task_queue.errors import BrokerError
+from katana.task_queue.listing import TaskQuery
+from katana.task_queue.management import QueueManager
 from katana.task_queue.models import TaskStatus
 from katana.task_queue.service import TaskQueueService
 
@@ -350,3 +352,45 @@ async def test_count_by_status_with_a_queue_key_of_the_wrong_type(queue: Queue, 
 
     with contextlib.suppress(BrokerError):  # a Katana error is acceptable, a redis-py one not
         await queue.broker.count_by_status()
+
+
+async def fail_always(task: Task) -> None:
+    raise RuntimeError(f"task {task.id} fails")
+
+
+async def test_garbage_in_the_monitoring_keys_never_breaks_listing_or_workers(
+    queue: Queue, logs: pytest.LogCaptureFixture
+) -> None:
+    prefix = queue.keys.prefix
+    await queue.raw.set(f"{prefix}:all", "not a sorted set")
+    await queue.raw.set(f"{prefix}:finished:FAILED", "not a sorted set either")
+    await queue.raw.hset(f"{prefix}:workers", "ghost", b"\xff\xfe not json")
+    manager = QueueManager(queue.broker, queue.service)
+    queue.service.register("boom", fail_always)
+
+    created = [(await queue.service.add_task("ok", {"n": n})).id for n in range(5)]
+    doomed = [(await queue.service.add_task("boom", {"n": n})).id for n in range(2)]
+    queue.service.start_workers(2)
+    await queue.service.wait_idle(timeout=WAIT_SECONDS)
+    listing = await manager.tasks(TaskQuery())
+    failed = await manager.tasks(TaskQuery(status=TaskStatus.FAILED))
+    overview = await manager.overview()
+
+    assert sorted(task.id for task in listing.tasks) == sorted(created + doomed)
+    assert sorted(task.id for task in failed.tasks) == sorted(doomed)
+    assert overview.counts[TaskStatus.COMPLETED] == 5
+    assert overview.counts[TaskStatus.FAILED] == 2
+    assert [worker.id for worker in overview.workers] == [queue.service.worker_id]
+    assert any("worker record" in r.getMessage() for r in logs.records)
+    entries = await queue.broker.quarantined()
+    assert {f"{prefix}:all", f"{prefix}:finished:FAILED"} <= {entry["entry"] for entry in entries}
+
+    await queue.raw.set(f"{prefix}:finished:DEAD", "garbage the retention sweep meets")
+    await queue.broker.heartbeat()  # moves it aside instead of failing every heartbeat
+    assert await queue.raw.type(f"{prefix}:finished:DEAD") in (b"none", b"zset")
+
+    await queue.raw.delete(f"{prefix}:workers")
+    await queue.raw.set(f"{prefix}:workers", "a string where a hash belongs")
+    assert await manager.workers() == []
+    await queue.broker.record_worker(overview.workers[0])  # moved aside, then written
+    assert [worker.id for worker in await manager.workers()] == [queue.service.worker_id]

@@ -217,6 +217,23 @@ async def test_health(demo: Demo) -> None:
     assert health["task_counts"]["PENDING"] == 0
 
 
+async def test_the_dashboard_and_management_api_are_mounted_at_katana(demo: Demo) -> None:
+    # Given a task that failed
+    task_id = await demo.add_task(name="send_email", payload={"error": True})
+    await demo.service.wait_idle(timeout=WAIT_SECONDS)
+
+    # When the dashboard and the API under /katana are asked about it
+    page = await demo.client.get(f"/katana/tasks/{task_id}")
+    api = await demo.client.get(f"/katana/api/tasks/{task_id}")
+
+    # Then both show it, with the demo's title and links under /katana
+    assert page.status_code == 200, page.text
+    assert "Simulated email sending error" in page.text
+    assert "Katana demo" in page.text
+    assert f'hx-post="/katana/tasks/{task_id}/retry"' in page.text
+    assert api.json()["status"] == "FAILED"
+
+
 # -- bad input: a 4xx with a message, never a 500 ---------------------------------------------
 
 

@@ -238,5 +238,46 @@ def _run_processes(options: _WorkerOptions, processes: int, log_level: str, log_
     return 1 if failed else 0
 
 
+@main.command(name="dashboard")
+@click.option(
+    "--broker",
+    "broker_url",
+    envvar="KATANA_BROKER_URL",
+    required=True,
+    help="Broker URL of the queue to show, e.g. redis://localhost:6379/0 [env: KATANA_BROKER_URL].",
+)
+@click.option("--queue", default=None, help="Queue name (default: 'default').")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--read-only", is_flag=True, help="Show the queue; refuse every action.")
+def _dashboard(broker_url: str, queue: str | None, host: str, port: int, read_only: bool) -> None:
+    """Serve the web dashboard and JSON API of one queue (no workers, no authentication)."""
+    try:
+        import uvicorn
+
+        from .web.app import create_dashboard_app
+    except ImportError as exc:
+        raise click.ClickException(
+            f"katana dashboard needs the web extra: pip install 'katana-task-queue[web]' ({exc})"
+        ) from exc
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    broker = broker_from_url(broker_url, queue=queue)
+    shown = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    click.echo(
+        f"katana {__version__} dashboard on {shown}\n"
+        f"  broker:      {type(broker).__name__} {masked_url(broker_url)}\n"
+        f"  queue:       {getattr(broker, 'queue', '-')}\n"
+        f"  mode:        {'read-only' if read_only else 'read-write'}",
+        err=True,
+    )
+    if host not in ("127.0.0.1", "localhost", "::1") and not read_only:
+        click.echo(
+            "warning: the dashboard has no authentication and is not read-only; anyone who "
+            "can reach this address can act on the queue",
+            err=True,
+        )
+    uvicorn.run(create_dashboard_app(broker, read_only=read_only), host=host, port=port)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -797,8 +797,20 @@ class RedisBroker(AbstractBroker):
             raise self._unreachable(exc) from exc
 
     async def record_worker(self, info: WorkerInfo) -> None:
+        key = f"{self.prefix}:workers"
         try:
-            await self._client.hset(f"{self.prefix}:workers", info.id, info.to_json())
+            try:
+                await self._client.hset(key, info.id, info.to_json())
+            except ResponseError:  # WRONGTYPE: garbage where the records belong
+                aside = f"{key}:quarantined:{self._now_ms()}"
+                await self._client.rename(key, aside)
+                logger.warning(
+                    "key %s did not hold worker records; moved to %s",
+                    key,
+                    aside,
+                    extra={"katana_event": "task_quarantined", "entry": key},
+                )
+                await self._client.hset(key, info.id, info.to_json())
         except (RedisError, OSError) as exc:
             raise self._unreachable(exc) from exc
 

@@ -23,7 +23,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "katana.task_queue.web needs FastAPI: pip install 'katana-task-queue[web]'"
     ) from exc
 
-from . import api
+from ..management import QueueManager
+from ..metrics import KatanaMetrics
+from . import _api, _dashboard, _metrics_route
 from ._deps import CSRF_HEADER, Dependencies, ManagerSource, WebSettings
 
 if TYPE_CHECKING:
@@ -38,10 +40,23 @@ def katana_router(
     auth: Callable[..., Any] | None = None,
     read_only: bool = False,
     title: str = "Katana",
+    metrics: KatanaMetrics | None = None,
 ) -> APIRouter:
-    """The API (``/api/...``), the dashboard and ``/metrics``, as one router to mount."""
-    deps = Dependencies(WebSettings(manager=manager, read_only=read_only, title=title))
+    """The API (``/api/...``), the dashboard (``/``) and ``/metrics``, as one router to mount.
+
+    ``metrics``: where ``/metrics`` counts this process's task events; by default a new
+    ``KatanaMetrics`` on its own registry, installed now. Its ``queue`` label is the manager's
+    queue; when ``manager`` is a callable, pass ``KatanaMetrics(queue=...)`` so events before
+    the first scrape carry the right label.
+    """
+    if metrics is None:
+        queue = manager.queue if isinstance(manager, QueueManager) else None
+        metrics = KatanaMetrics(queue=queue)
+    metrics.install()
+    settings = WebSettings(manager=manager, read_only=read_only, title=title, metrics=metrics)
     guards = [] if auth is None else [Depends(auth)]
-    router = APIRouter(dependencies=[*guards, Depends(deps.bind)])
-    router.include_router(api.router)
+    router = APIRouter(dependencies=[*guards, Depends(Dependencies(settings).bind)])
+    router.include_router(_api.router)
+    router.include_router(_dashboard.router)
+    router.include_router(_metrics_route.router)
     return router

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request, status
 
 from ..management import QueueManager
+
+if TYPE_CHECKING:
+    from ..metrics import KatanaMetrics
 
 __all__ = [
     "CSRF_HEADER",
@@ -36,6 +39,7 @@ class WebSettings:
     manager: ManagerSource
     read_only: bool = False
     title: str = "Katana"
+    metrics: KatanaMetrics | None = None
 
 
 class Dependencies:

@@ -106,12 +106,18 @@ local function count_transition(key, old_status, new_status)
   local id = string.sub(key, #prefix + 7)
   if old_status and TERMINAL[old_status] then
     redis.call('HINCRBY', counts_key, old_status, -1)
-    redis.call('ZREM', prefix .. ':finished:' .. old_status, id)
+    redis.pcall('ZREM', prefix .. ':finished:' .. old_status, id) -- garbage there: see below
   end
   if TERMINAL[new_status] then
     redis.call('HINCRBY', counts_key, new_status, 1)
-    -- Listing finished tasks by status, newest first, reads these sets.
-    redis.call('ZADD', prefix .. ':finished:' .. new_status, tonumber(ARGV[2]), id)
+    -- Listing finished tasks by status, newest first, reads these sets. Garbage of another
+    -- type there is moved aside only when it gets in the way: no TYPE call on the hot path.
+    local finished = prefix .. ':finished:' .. new_status
+    local added = redis.pcall('ZADD', finished, tonumber(ARGV[2]), id)
+    if type(added) == 'table' and added.err then
+      ensure_type(finished, 'zset', tonumber(ARGV[2]))
+      redis.call('ZADD', finished, tonumber(ARGV[2]), id)
+    end
     local unique = redis.call('HGET', key, 'unique_key')
     if unique and redis.call('HGET', unique_key, unique) == id then
       redis.call('HDEL', unique_key, unique)

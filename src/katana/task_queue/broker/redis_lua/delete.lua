@@ -10,7 +10,7 @@ if not TERMINAL[status] then
   return 0
 end
 redis.call('HINCRBY', counts_key, status, -1)
-redis.call('ZREM', prefix .. ':finished:' .. status, id)
+redis.pcall('ZREM', prefix .. ':finished:' .. status, id) -- may hold garbage
 redis.call('ZREM', all_key, id)
 redis.call('DEL', key)
 return 1

@@ -75,6 +75,7 @@ if ARGV[5] ~= '' then
   local horizon = now_ms - tonumber(ARGV[5])
   for status in pairs(TERMINAL) do
     local set = prefix .. ':finished:' .. status
+    ensure_type(set, 'zset', now_ms) -- garbage there must not stop the heartbeat
     local expired_ids = redis.call('ZRANGEBYSCORE', set, '-inf', horizon, 'LIMIT', 0, 1000)
     for _, id in ipairs(expired_ids) do
       local key = task_key(id)

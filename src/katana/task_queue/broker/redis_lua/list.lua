@@ -99,6 +99,8 @@ if name == '' and text == '' then
         if record then
           result[#result + 1] = record
           wanted = wanted - 1
+        elseif source[1] == all_key then
+          redis.call('ZREM', all_key, id)  -- its record was quarantined: drop the stale entry
         end
       end
       skip = 0

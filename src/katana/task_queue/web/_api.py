@@ -23,28 +23,6 @@ from ._schemas import (
     WorkerOut,
 )
 
-__all__ = [
-    "Limit",
-    "Offset",
-    "bulk",
-    "cancel",
-    "dead_letters",
-    "delete",
-    "enqueue",
-    "list_tasks",
-    "overview",
-    "pause",
-    "purge",
-    "redrive",
-    "resume",
-    "retry",
-    "router",
-    "scheduled",
-    "task_detail",
-    "workers",
-    "write",
-]
-
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, description="Tasks to skip.")]
 

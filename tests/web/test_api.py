@@ -1,0 +1,324 @@
+"""The JSON API on each broker: every endpoint, auth, read-only mode, CSRF and bad input."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Header, HTTPException
+
+from katana.task_queue.management import QueueManager
+from katana.task_queue.models import Task, TaskStatus
+from katana.task_queue.service import TaskQueueService
+from katana.task_queue.web import CSRF_HEADER, katana_router
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from katana.task_queue.broker.base import AbstractBroker
+    from katana.task_queue.testing import FakeClock
+
+WRITE = {CSRF_HEADER: "1"}
+
+
+async def succeed(task: Task) -> dict[str, Any]:
+    return {"echo": task.payload}
+
+
+async def fail(task: Task) -> None:
+    raise ValueError(f"cannot handle {task.payload}")
+
+
+@pytest.fixture
+async def service(broker: AbstractBroker, clock: FakeClock) -> AsyncIterator[TaskQueueService]:
+    service = TaskQueueService(broker, {"ok": succeed, "bad": fail}, clock=clock)
+    yield service
+    await service.shutdown(timeout=5)
+
+
+@pytest.fixture
+def manager(broker: AbstractBroker, service: TaskQueueService, clock: FakeClock) -> QueueManager:
+    return QueueManager(broker, service, clock=clock)
+
+
+def make_client(app: FastAPI) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app)
+    return httpx.AsyncClient(transport=transport, base_url="http://katana.test")
+
+
+@pytest.fixture
+async def client(manager: QueueManager) -> AsyncIterator[httpx.AsyncClient]:
+    app = FastAPI()
+    app.include_router(katana_router(manager), prefix="/katana")
+    async with make_client(app) as client:
+        yield client
+
+
+async def finish_all(service: TaskQueueService) -> None:
+    service.start_workers(2)
+    await service.wait_idle(timeout=10)
+
+
+async def test_enqueue_then_follow_a_task_to_its_result(
+    client: httpx.AsyncClient, service: TaskQueueService
+) -> None:
+    created = await client.post(
+        "/katana/api/tasks",
+        json={"name": "ok", "payload": {"n": 1}, "priority": 2},
+        headers=WRITE,
+    )
+    assert created.status_code == 201, created.text
+    task_id = created.json()["id"]
+    assert created.json()["status"] == "PENDING"
+
+    await finish_all(service)
+    detail = await client.get(f"/katana/api/tasks/{task_id}")
+
+    assert detail.status_code == 200
+    body = detail.json()
+    assert (body["status"], body["result"], body["priority"]) == (
+        "COMPLETED",
+        {"echo": {"n": 1}},
+        2,
+    )
+    assert body["attempts"] == 1
+    assert body["finished_at"] is not None
+
+
+async def test_overview_workers_and_listing(
+    client: httpx.AsyncClient, service: TaskQueueService
+) -> None:
+    for n in range(3):
+        await service.add_task("ok", {"n": n})
+    await service.add_task("bad", {"n": 99, "tag": "Needle"})
+    await finish_all(service)
+    await service.add_task("ok", {"n": 100}, delay_seconds=600)
+
+    overview = (await client.get("/katana/api/overview?minutes=5")).json()
+    workers = (await client.get("/katana/api/workers")).json()
+    completed = (await client.get("/katana/api/tasks?status=COMPLETED&limit=2")).json()
+    by_text = (await client.get("/katana/api/tasks", params={"text": "needle"})).json()
+    scheduled = (await client.get("/katana/api/scheduled")).json()
+    letters = (await client.get("/katana/api/dead-letters")).json()
+
+    assert overview["counts"]["COMPLETED"] == 3
+    assert overview["counts"]["FAILED"] == 1
+    assert overview["counts"]["PENDING"] == 1
+    assert sum(overview["finished_per_minute"]) == 4
+    assert [worker["concurrency"] for worker in workers] == [2]
+    assert overview["workers"] == workers
+    assert (completed["total"], len(completed["tasks"]), completed["limit"]) == (3, 2, 2)
+    assert [task["payload"]["n"] for task in by_text["tasks"]] == [99]
+    assert [task["payload"]["n"] for task in scheduled["tasks"]] == [100]
+    [letter] = letters["tasks"]
+    assert letter["error"] == "ValueError: cannot handle {'n': 99, 'tag': 'Needle'}"
+    assert "Traceback" in letter["traceback"]
+
+
+async def test_retry_cancel_delete_and_bulk(
+    client: httpx.AsyncClient, service: TaskQueueService
+) -> None:
+    failed = await service.add_task("bad", {"n": 1})
+    await finish_all(service)
+    delayed = await service.add_task("ok", {"n": 2}, delay_seconds=600)
+    other = await service.add_task("ok", {"n": 3}, delay_seconds=600)
+
+    cancelled = await client.post(f"/katana/api/tasks/{delayed.id}/cancel", headers=WRITE)
+    again = await client.post(f"/katana/api/tasks/{delayed.id}/cancel", headers=WRITE)
+    deleted = await client.delete(f"/katana/api/tasks/{delayed.id}", headers=WRITE)
+    retried = await client.post(f"/katana/api/tasks/{failed.id}/retry", headers=WRITE)
+    bulk = await client.post(
+        "/katana/api/tasks/bulk",
+        json={"action": "cancel", "ids": [other.id, "ghost"]},
+        headers=WRITE,
+    )
+
+    assert (cancelled.status_code, cancelled.json()["status"]) == (200, "CANCELLED")
+    assert again.status_code == 409
+    assert "already finished" in again.json()["detail"]
+    assert deleted.status_code == 204
+    assert (await client.get(f"/katana/api/tasks/{delayed.id}")).status_code == 404
+    assert retried.status_code == 200
+    assert retried.json()["status"] in ("PENDING", "PROCESSING", "FAILED")
+    assert bulk.json() == {"done": [other.id], "skipped": {"ghost": "no task has id 'ghost'"}}
+
+
+async def test_redrive_and_purge_dead_letters_by_filter(
+    client: httpx.AsyncClient, service: TaskQueueService
+) -> None:
+    for n in range(3):
+        await service.add_task("bad", {"n": n})
+    await finish_all(service)
+
+    purged = await client.post(
+        "/katana/api/dead-letters/purge", json={"text": '"n":0'}, headers=WRITE
+    )
+    redriven = await client.post("/katana/api/dead-letters/redrive", json={}, headers=WRITE)
+
+    assert purged.json() == {"count": 1}
+    assert redriven.json() == {"count": 2}
+    await service.wait_idle(timeout=10)
+    letters = (await client.get("/katana/api/dead-letters")).json()
+    assert sorted(task["attempts"] for task in letters["tasks"]) == [2, 2]
+
+
+async def test_pause_and_resume(client: httpx.AsyncClient, service: TaskQueueService) -> None:
+    paused = await client.post("/katana/api/queue/pause", headers=WRITE)
+    task = await service.add_task("ok", {"n": 1})
+    service.start_workers(1)
+    with pytest.raises(TimeoutError):
+        await service.wait_for(task.id, timeout=0.3)
+    assert (await client.get("/katana/api/overview")).json()["paused"] is True
+
+    resumed = await client.post("/katana/api/queue/resume", headers=WRITE)
+
+    assert paused.json() == {"paused": True}
+    assert resumed.json() == {"paused": False}
+    assert await service.wait_for(task.id, timeout=5) == {"echo": {"n": 1}}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "message"),
+    [
+        ("GET", "/katana/api/tasks/nope", None, 404, "no task has id 'nope'"),
+        ("POST", "/katana/api/tasks/nope/retry", None, 404, "no task has id"),
+        ("DELETE", "/katana/api/tasks/nope", None, 404, "no task has id"),
+        ("GET", "/katana/api/tasks?status=BOGUS", None, 422, "status"),
+        ("GET", "/katana/api/tasks?limit=0", None, 422, "limit"),
+        ("GET", "/katana/api/tasks?limit=501", None, 422, "limit"),
+        ("GET", "/katana/api/tasks?offset=-1", None, 422, "offset"),
+        ("GET", "/katana/api/tasks?status=COMPLETED&scheduled=true", None, 422, "PENDING"),
+        ("GET", "/katana/api/overview?minutes=0", None, 422, "minutes"),
+        ("POST", "/katana/api/tasks", {"name": "nope"}, 422, "no executor is registered"),
+        ("POST", "/katana/api/tasks", {"name": "ok", "priority": "high"}, 422, "priority"),
+        ("POST", "/katana/api/tasks", {"name": "ok", "delay_seconds": -1}, 422, "delay"),
+        ("POST", "/katana/api/tasks", {"name": "ok", "payload": [1]}, 422, "payload"),
+        ("POST", "/katana/api/tasks", {"name": "ok", "extra": 1}, 422, "extra"),
+        ("POST", "/katana/api/tasks/bulk", {"action": "explode", "ids": ["x"]}, 422, "action"),
+        ("POST", "/katana/api/tasks/bulk", {"action": "retry", "ids": []}, 422, "ids"),
+        ("POST", "/katana/api/dead-letters/purge", {"status": "PENDING"}, 422, "status"),
+    ],
+)
+async def test_bad_input_gets_a_clear_4xx(  # one parameter per table column
+    client: httpx.AsyncClient,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    status: int,
+    message: str,
+) -> None:
+    response = await client.request(method, path, json=body, headers=WRITE)
+
+    assert response.status_code == status, response.text
+    assert message in response.text
+
+
+async def test_a_finished_task_cannot_be_cancelled_nor_a_pending_one_deleted(
+    client: httpx.AsyncClient, service: TaskQueueService
+) -> None:
+    pending = await service.add_task("ok", {}, delay_seconds=60)
+
+    response = await client.delete(f"/katana/api/tasks/{pending.id}", headers=WRITE)
+
+    assert response.status_code == 409
+    assert "cancel it before deleting it" in response.json()["detail"]
+    assert (await service.get_task(pending.id)) is not None
+
+
+async def test_state_changing_requests_need_the_csrf_header_and_same_origin(
+    client: httpx.AsyncClient, service: TaskQueueService
+) -> None:
+    pending = await service.add_task("ok", {}, delay_seconds=60)
+
+    bare = await client.post(f"/katana/api/tasks/{pending.id}/cancel")
+    cross_site = await client.post(
+        f"/katana/api/tasks/{pending.id}/cancel",
+        headers={**WRITE, "Origin": "https://evil.example"},
+    )
+    same_site = await client.post(
+        f"/katana/api/tasks/{pending.id}/cancel",
+        headers={**WRITE, "Origin": "http://katana.test"},
+    )
+
+    assert bare.status_code == 403
+    assert CSRF_HEADER in bare.json()["detail"]
+    assert cross_site.status_code == 403
+    assert "cross-site" in cross_site.json()["detail"]
+    assert same_site.status_code == 200
+
+
+async def test_read_only_mode_serves_reads_and_refuses_every_change(
+    manager: QueueManager, service: TaskQueueService
+) -> None:
+    app = FastAPI()
+    app.include_router(katana_router(manager, read_only=True))
+    pending = await service.add_task("ok", {}, delay_seconds=60)
+    changes = [
+        ("POST", "/api/tasks", {"name": "ok"}),
+        ("POST", f"/api/tasks/{pending.id}/cancel", None),
+        ("POST", f"/api/tasks/{pending.id}/retry", None),
+        ("DELETE", f"/api/tasks/{pending.id}", None),
+        ("POST", "/api/tasks/bulk", {"action": "cancel", "ids": [pending.id]}),
+        ("POST", "/api/dead-letters/redrive", {}),
+        ("POST", "/api/dead-letters/purge", {}),
+        ("POST", "/api/queue/pause", None),
+        ("POST", "/api/queue/resume", None),
+    ]
+    async with make_client(app) as client:
+        refused = [
+            (await client.request(method, path, json=body, headers=WRITE)).status_code
+            for method, path, body in changes
+        ]
+        listing = await client.get("/api/tasks")
+
+    assert refused == [403] * len(changes)
+    assert listing.status_code == 200
+    assert listing.json()["total"] == 1
+    task = await service.get_task(pending.id)
+    assert task is not None
+    assert task.status is TaskStatus.PENDING
+    assert not await manager.is_paused()
+
+
+async def test_the_apps_auth_hook_guards_every_route(manager: QueueManager) -> None:
+    def require_token(authorization: str | None = Header(default=None)) -> None:
+        if authorization != "Bearer s3cret":
+            raise HTTPException(401, "missing or wrong token")
+
+    app = FastAPI()
+    app.include_router(katana_router(manager, auth=require_token))
+    async with make_client(app) as client:
+        anonymous = await client.get("/api/overview")
+        wrong = await client.get("/api/tasks", headers={"Authorization": "Bearer guess"})
+        metrics = await client.get("/metrics")
+        allowed = await client.get("/api/overview", headers={"Authorization": "Bearer s3cret"})
+
+    assert (anonymous.status_code, wrong.status_code, metrics.status_code) == (401, 401, 401)
+    assert anonymous.json()["detail"] == "missing or wrong token"
+    assert allowed.status_code == 200
+
+
+async def test_openapi_schema_lists_every_endpoint(manager: QueueManager) -> None:
+    app = FastAPI()
+    app.include_router(katana_router(manager), prefix="/katana")
+
+    paths = app.openapi()["paths"]
+
+    assert {
+        "/katana/api/overview",
+        "/katana/api/tasks",
+        "/katana/api/tasks/{task_id}",
+        "/katana/api/tasks/{task_id}/retry",
+        "/katana/api/tasks/{task_id}/cancel",
+        "/katana/api/tasks/bulk",
+        "/katana/api/dead-letters",
+        "/katana/api/dead-letters/redrive",
+        "/katana/api/dead-letters/purge",
+        "/katana/api/scheduled",
+        "/katana/api/workers",
+        "/katana/api/queue/pause",
+        "/katana/api/queue/resume",
+        "/katana/metrics",
+    } <= set(paths)
+    assert "delete" in paths["/katana/api/tasks/{task_id}"]
