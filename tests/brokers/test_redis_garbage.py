@@ -152,6 +152,8 @@ MAIN_GARBAGE: list[Callable[..., Awaitable[Garbage]]] = [
     hash_with("truncated", "JSONDecodeError", payload='{"to": "ann@example.com", "sub'),
     hash_with("priority", "ValueError", priority="high"),
     hash_with("list-payload", "payload is a JSON list", payload="[1, 2, 3]"),
+    hash_with("trace-list", "trace_context is not", trace_context='["traceparent"]'),
+    hash_with("trace-number", "trace_context is not", trace_context='{"traceparent": 1}'),
     task_key_of_type("string"),
     task_key_of_type("list"),
     delayed_key_of_wrong_type,

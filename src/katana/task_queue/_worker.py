@@ -8,6 +8,7 @@ import logging
 import traceback
 from typing import TYPE_CHECKING, Any
 
+from . import tracing
 from ._events import log_task_event, logger
 from ._validation import json_safe
 from .config import DEFAULT_RETRY_POLICY, RetryPolicy
@@ -117,7 +118,10 @@ class Worker:
                 continue
             self.current = task
             try:
-                await self._execute(task)
+                if tracing.enabled:
+                    await tracing.traced_process(self._broker.queue, task, self._execute(task))
+                else:
+                    await self._execute(task)
             finally:
                 self.current = None
                 self._on_task_done()
@@ -208,6 +212,8 @@ class Worker:
 
     async def _handle_failure(self, task: Task, exc: Exception) -> None:
         """Retry the failed attempt if the task's policy allows it, else fail the task."""
+        if tracing.enabled:
+            tracing.record_failure(exc)  # on the attempt's `process` span
         policy = self._policies.get(task.name, DEFAULT_RETRY_POLICY)
         asked = isinstance(exc, Retry)
         if task.attempts > task.max_retries or not (asked or isinstance(exc, policy.retry_on)):

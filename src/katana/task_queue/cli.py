@@ -1,11 +1,12 @@
-"""The ``katana`` command: run workers. The only module that reads env vars, URLs and signals."""
+"""The ``katana`` command: run workers (the admin commands are in ``_admin_cli``).
+
+With ``_admin_cli`` and ``_loading``, the only modules that read env vars, URLs and signals.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import inspect
 import logging
 import multiprocessing
 import os
@@ -18,13 +19,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
+from ._admin_cli import ADMIN_COMMANDS
+from ._loading import broker_from_url, load_service
 from ._urls import masked_url
-from .broker.memory import InMemoryBroker
 from .errors import BrokerUnavailableError
-from .service import TaskQueueService
+from .logs import JsonFormatter, TaskContextFilter
 
 if TYPE_CHECKING:
     from .broker.base import AbstractBroker
+    from .service import TaskQueueService
 
 __all__ = ["broker_from_url", "load_service", "main", "worker"]
 
@@ -33,58 +36,14 @@ logger = logging.getLogger("katana.task_queue.cli")
 _LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 
 
-def broker_from_url(url: str, *, queue: str | None = None) -> AbstractBroker:
-    """A broker for ``url``: ``redis://`` or ``rediss://`` (RedisBroker), ``memory://``."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in ("redis", "rediss", "unix"):
-        from .broker.redis import RedisBroker  # imported here: it needs the [redis] extra
-
-        return RedisBroker(url, queue=queue or "default")
-    if scheme == "memory":
-        return InMemoryBroker()
-    raise click.BadParameter(
-        f"unsupported broker URL {url!r}: use redis://, rediss:// or memory://",
-        param_hint="--broker",
-    )
-
-
-def load_service(target: str) -> TaskQueueService:
-    """Import ``module:attr``; attr is a TaskQueueService or a (sync or async) factory of one."""
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise click.BadParameter(f"expected module:attribute, got {target!r}", param_hint="APP")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`: the app's own modules import
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="APP") from exc
-    try:
-        value: Any = getattr(module, attr)
-    except AttributeError as exc:
-        raise click.BadParameter(
-            f"{module_name!r} has no attribute {attr!r}", param_hint="APP"
-        ) from exc
-    if not isinstance(value, TaskQueueService) and callable(value):
-        value = value()
-        if inspect.isawaitable(value):
-            value = asyncio.run(_await(value))
-    if not isinstance(value, TaskQueueService):
-        raise click.BadParameter(
-            f"{target} is a {type(value).__name__}, not a TaskQueueService or a factory of one",
-            param_hint="APP",
-        )
-    return value
-
-
-async def _await(value: Any) -> Any:
-    return await value
-
-
 @click.group()
 @click.version_option(__version__, prog_name="katana")
 def main() -> None:
     """Katana: an asyncio-native background task queue."""
+
+
+for _command in ADMIN_COMMANDS:
+    main.add_command(_command)
 
 
 @main.command()
@@ -113,6 +72,13 @@ def main() -> None:
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
 @click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    help="json: one JSON object per line, with the task id and name of lines logged in a task.",
+)
+@click.option(
     "--shutdown-timeout",
     default=30.0,
     show_default=True,
@@ -134,18 +100,19 @@ def worker(
     processes: int,
     burst: bool,
     log_level: str,
+    log_format: str,
     shutdown_timeout: float,
     broker_url: str | None,
     queue: str | None,
 ) -> None:
     """Run workers for the TaskQueueService APP (module:attribute)."""
-    logging.basicConfig(level=log_level.upper(), format=_LOG_FORMAT)
+    _configure_logging(log_level, log_format)
     options = _WorkerOptions(app, concurrency, burst, shutdown_timeout, broker_url, queue)
     service = _prepare(options)  # fail fast, in the parent, on a bad APP or URL
     _print_banner(service, options, processes)
     if processes == 1:
         sys.exit(asyncio.run(_run_worker(service, options)))
-    sys.exit(_run_processes(options, processes, log_level))
+    sys.exit(_run_processes(options, processes, log_level, log_format))
 
 
 @dataclass(frozen=True)
@@ -229,17 +196,30 @@ async def _connect(broker: AbstractBroker, stop: asyncio.Event) -> bool:
     return False
 
 
-def _child_main(options: _WorkerOptions, log_level: str) -> None:
-    logging.basicConfig(level=log_level.upper(), format=_LOG_FORMAT)
+def _configure_logging(level: str, log_format: str) -> None:
+    """Log to stderr; every line logged while a task runs carries its id and name."""
+    handler = logging.StreamHandler()
+    handler.addFilter(TaskContextFilter())
+    if log_format.lower() == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+def _child_main(options: _WorkerOptions, log_level: str, log_format: str) -> None:
+    _configure_logging(log_level, log_format)
     service = _prepare(options)
     sys.exit(asyncio.run(_run_worker(service, options)))
 
 
-def _run_processes(options: _WorkerOptions, processes: int, log_level: str) -> int:
+def _run_processes(options: _WorkerOptions, processes: int, log_level: str, log_format: str) -> int:
     """Start ``processes`` children and pass SIGTERM/SIGINT on to them."""
     context = multiprocessing.get_context("spawn")
     children = [
-        context.Process(target=_child_main, args=(options, log_level), name=f"katana-worker-{i}")
+        context.Process(
+            target=_child_main, args=(options, log_level, log_format), name=f"katana-worker-{i}"
+        )
         for i in range(1, processes + 1)
     ]
     for child in children:

@@ -12,7 +12,14 @@ if TYPE_CHECKING:
     from .broker.base import AbstractBroker
     from .models import Task
 
-__all__ = ["MAX_PROGRESS_MESSAGE", "current_task", "report_progress", "reset_running", "running"]
+__all__ = [
+    "MAX_PROGRESS_MESSAGE",
+    "current_task",
+    "report_progress",
+    "reset_running",
+    "running",
+    "running_task",
+]
 
 #: Progress notes are short status lines, not logs.
 MAX_PROGRESS_MESSAGE = 200
@@ -41,6 +48,12 @@ def current_task() -> Task:
     if entry is None:
         raise KatanaError("current_task() is only available inside a running executor")
     return entry[1]
+
+
+def running_task() -> Task | None:
+    """The task the current context runs, or ``None`` outside an executor (never raises)."""
+    entry = _running.get()
+    return None if entry is None else entry[1]
 
 
 async def report_progress(fraction: float, message: str = "") -> bool:

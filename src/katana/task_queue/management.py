@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from . import tracing
 from ._events import log_task_event
 from ._validation import check_delay, check_max_retries, check_priority, detached_payload
 from .errors import InvalidTaskError, TaskNotFoundError, TaskStateError
@@ -187,7 +188,10 @@ class QueueManager:
         task = new_pending_task(
             name, detached_payload(payload), priority, now, now + timedelta(seconds=delay), retries
         )
-        await self.broker.enqueue(task)
+        stored = self.broker.enqueue(task)
+        if tracing.enabled:
+            stored = tracing.traced_send(self.queue, (task,), stored)
+        await stored
         log_task_event(logging.INFO, "task_created", task, "task %s (%s) created", task.id, name)
         return task
 

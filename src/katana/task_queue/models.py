@@ -90,6 +90,9 @@ class Task:
     #: What the executor last reported with ``report_progress``: a fraction 0..1 and a note.
     progress: float | None = None
     progress_message: str | None = None
+    #: The trace the task was created in, as W3C ``traceparent``/``tracestate`` headers, when
+    #: tracing was on at enqueue (see ``katana.task_queue.tracing``); its run joins that trace.
+    trace_context: dict[str, str] | None = None
 
     def copy(self) -> Task:
         """A copy that shares no mutable state with this task (payload and result included)."""
@@ -123,6 +126,8 @@ class Task:
         clone.unique_key = self.unique_key
         clone.progress = self.progress
         clone.progress_message = self.progress_message
+        trace_context = self.trace_context
+        clone.trace_context = None if trace_context is None else dict(trace_context)
         return clone
 
 
@@ -157,6 +162,7 @@ def new_pending_task(
     task.errors = []
     task.unique_key = None
     task.progress = task.progress_message = None
+    task.trace_context = None
     return task
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from . import tracing
 from ._events import log_task_event, logger
 from ._presence import Presence
 from ._validation import (
@@ -140,11 +141,17 @@ class TaskQueueService:
         task = self._new_task(name, payload, priority, delay_seconds, max_retries, timeout_seconds)
         if unique_key is not None:
             task.unique_key = check_unique_key(unique_key)
-            existing = await self.broker.enqueue_unique(task)
+            holding = self.broker.enqueue_unique(task)
+            if tracing.enabled:
+                holding = tracing.traced_send(self.broker.queue, (task,), holding)
+            existing = await holding
             if existing is not None:
                 return existing
         else:
-            await self.broker.enqueue(task)
+            stored = self.broker.enqueue(task)
+            if tracing.enabled:
+                stored = tracing.traced_send(self.broker.queue, (task,), stored)
+            await stored
         log_task_event(
             logging.INFO,
             "task_created",
@@ -162,7 +169,10 @@ class TaskQueueService:
         Every task is validated before any is enqueued.
         """
         created = [self._new_task(name, payload, 0, 0) for name, payload in tasks]
-        await self.broker.enqueue_many(created)
+        stored = self.broker.enqueue_many(created)
+        if tracing.enabled:
+            stored = tracing.traced_send(self.broker.queue, created, stored)
+        await stored
         for task in created:
             log_task_event(
                 logging.INFO, "task_created", task, "task %s (%s) created", task.id, task.name

@@ -9,7 +9,16 @@ import orjson
 
 from ..models import Task, TaskStatus
 
-__all__ = ["MalformedRecordError", "decode_task", "encode_new_task", "epoch_ms"]
+__all__ = [
+    "ENQUEUE_VALUES_PER_TASK",
+    "MalformedRecordError",
+    "decode_task",
+    "encode_new_task",
+    "epoch_ms",
+]
+
+#: How many values ``encode_new_task`` gives ``enqueue.lua`` per task.
+ENQUEUE_VALUES_PER_TASK = 11
 
 _STATUSES = {status.value.encode(): status for status in TaskStatus}
 
@@ -23,7 +32,7 @@ def epoch_ms(moment: datetime) -> int:
 
 
 def encode_new_task(task: Task, *, unique: bool = False) -> list[Any]:
-    """The ten values ``enqueue.lua`` takes for one task (its unique key only if ``unique``)."""
+    """The values ``enqueue.lua`` takes for one task (its unique key only if ``unique``)."""
     return [
         task.id,
         task.name,
@@ -35,6 +44,7 @@ def encode_new_task(task: Task, *, unique: bool = False) -> list[Any]:
         task.max_retries,
         "" if task.timeout_seconds is None else repr(task.timeout_seconds),
         task.unique_key or "" if unique else "",
+        "" if task.trace_context is None else orjson.dumps(task.trace_context),
     ]
 
 
@@ -63,6 +73,7 @@ def decode_task(fields: dict[bytes, bytes], task_id: str) -> Task:
         raw_progress = fields.get(b"progress")
         progress = None if raw_progress is None else float(raw_progress)
         progress_message = _text(fields.get(b"progress_message"))
+        trace_context = _trace_context(fields.get(b"trace_context"))
     except KeyError as exc:
         raise MalformedRecordError(f"missing or invalid field {exc}") from exc
     except (ValueError, TypeError, OverflowError) as exc:  # orjson errors are ValueErrors
@@ -90,6 +101,7 @@ def decode_task(fields: dict[bytes, bytes], task_id: str) -> Task:
         unique_key=unique_key,
         progress=progress,
         progress_message=progress_message,
+        trace_context=trace_context,
     )
     return task
 
@@ -106,6 +118,16 @@ def _attempt_errors(fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
             entry["attempt"] = attempt  # the field name is the record's word for it
             entries.append((attempt, entry))
     return [entry for _, entry in sorted(entries, key=lambda pair: pair[0])]
+
+
+def _trace_context(raw: bytes | None) -> dict[str, str] | None:
+    """The stored trace headers: a JSON object of strings, as ``encode_new_task`` wrote it."""
+    if raw is None:
+        return None
+    headers = orjson.loads(raw)
+    if type(headers) is not dict or not all(type(v) is str for v in headers.values()):
+        raise ValueError("trace_context is not a JSON object of strings")
+    return headers
 
 
 def _instant(raw: bytes) -> datetime:

@@ -48,7 +48,12 @@ from .._urls import masked_url
 from ..errors import BrokerClosedError, BrokerError, BrokerUnavailableError
 from ..listing import FILTER_SCAN_LIMIT, TaskPage, WorkerInfo, check_page
 from ..models import Task, TaskStatus, attempt_error, new_task_id
-from ._redis_codec import MalformedRecordError, decode_task, encode_new_task
+from ._redis_codec import (
+    ENQUEUE_VALUES_PER_TASK,
+    MalformedRecordError,
+    decode_task,
+    encode_new_task,
+)
 from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
 
 if TYPE_CHECKING:
@@ -301,7 +306,8 @@ class RedisBroker(AbstractBroker):
         args: list[Any] = []
         for task in tasks:
             args.extend(encode_new_task(task))
-            if len(args) >= 10 * 1000:  # keep each script call short: it blocks Redis
+            # Keep each script call short (1000 tasks): it blocks Redis while it runs.
+            if len(args) >= ENQUEUE_VALUES_PER_TASK * 1000:
                 quarantined, _ = await self._run("enqueue", [self._now_ms(), *args])
                 self._log_quarantined(quarantined)
                 args = []

@@ -1,6 +1,7 @@
--- Store tasks as PENDING and queue them. ARGV: prefix, now_ms, then per task ten values:
--- id, name, payload (JSON), priority, created_at, scheduled_at (epoch seconds), due_ms,
--- max_retries, timeout_seconds ('' for none), unique_key ('' for none).
+-- Store tasks as PENDING and queue them. ARGV: prefix, now_ms, then per task eleven values
+-- (ENQUEUE_VALUES_PER_TASK in _redis_codec.py): id, name, payload (JSON), priority, created_at,
+-- scheduled_at (epoch seconds), due_ms, max_retries, timeout_seconds ('' for none),
+-- unique_key ('' for none), trace_context (JSON object of trace headers, '' for none).
 -- Returns {quarantined entry/reason pairs, one value per task: '' when stored, or the id of
 -- the PENDING or PROCESSING task that holds its unique key (then nothing was stored)}.
 local now_ms = tonumber(ARGV[2])
@@ -26,7 +27,7 @@ end
 
 local due_now = 0
 local held_by = {}
-for base = 3, #ARGV, 10 do
+for base = 3, #ARGV, 11 do
   local id = ARGV[base]
   local unique = ARGV[base + 9]
   local existing = unique ~= '' and holder(unique)
@@ -49,6 +50,9 @@ for base = 3, #ARGV, 10 do
       'status', 'PENDING', 'attempts', 0, 'deliveries', 0, 'max_retries', ARGV[base + 7])
     if ARGV[base + 8] ~= '' then
       redis.call('HSET', key, 'timeout_seconds', ARGV[base + 8])
+    end
+    if ARGV[base + 10] ~= '' then
+      redis.call('HSET', key, 'trace_context', ARGV[base + 10])
     end
     if unique ~= '' then
       redis.call('HSET', key, 'unique_key', unique)

@@ -1,0 +1,68 @@
+"""What the ``katana`` commands are pointed at: an app's service (``module:attr``), a broker URL."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from .broker.memory import InMemoryBroker
+from .service import TaskQueueService
+
+if TYPE_CHECKING:
+    from .broker.base import AbstractBroker
+
+__all__ = ["broker_from_url", "load_service"]
+
+
+def broker_from_url(url: str, *, queue: str | None = None) -> AbstractBroker:
+    """A broker for ``url``: ``redis://`` or ``rediss://`` (RedisBroker), ``memory://``."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("redis", "rediss", "unix"):
+        from .broker.redis import RedisBroker  # imported here: it needs the [redis] extra
+
+        return RedisBroker(url, queue=queue or "default")
+    if scheme == "memory":
+        return InMemoryBroker()
+    raise click.BadParameter(
+        f"unsupported broker URL {url!r}: use redis://, rediss:// or memory://",
+        param_hint="--broker",
+    )
+
+
+def load_service(target: str) -> TaskQueueService:
+    """Import ``module:attr``; attr is a TaskQueueService or a (sync or async) factory of one."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise click.BadParameter(f"expected module:attribute, got {target!r}", param_hint="APP")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: the app's own modules import
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="APP") from exc
+    try:
+        value: Any = getattr(module, attr)
+    except AttributeError as exc:
+        raise click.BadParameter(
+            f"{module_name!r} has no attribute {attr!r}", param_hint="APP"
+        ) from exc
+    if not isinstance(value, TaskQueueService) and callable(value):
+        value = value()
+        if inspect.isawaitable(value):
+            value = asyncio.run(_await(value))
+    if not isinstance(value, TaskQueueService):
+        raise click.BadParameter(
+            f"{target} is a {type(value).__name__}, not a TaskQueueService or a factory of one",
+            param_hint="APP",
+        )
+    return value
+
+
+async def _await(value: Any) -> Any:
+    return await value
