@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -27,6 +28,7 @@ from .logs import JsonFormatter, TaskContextFilter
 
 if TYPE_CHECKING:
     from .broker.base import AbstractBroker
+    from .metrics_server import MetricsServer
     from .service import TaskQueueService
 
 __all__ = ["broker_from_url", "load_service", "main", "worker"]
@@ -94,6 +96,12 @@ for _command in ADMIN_COMMANDS:
     help="Broker URL overriding the service's own broker [env: KATANA_BROKER_URL].",
 )
 @click.option("--queue", default=None, help="Queue name for --broker (default: 'default').")
+@click.option(
+    "--metrics-port",
+    default=None,
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (with -p N, PORT to PORT+N-1).",
+)
 def worker(
     app: str,
     concurrency: int,
@@ -104,10 +112,13 @@ def worker(
     shutdown_timeout: float,
     broker_url: str | None,
     queue: str | None,
+    metrics_port: int | None,
 ) -> None:
     """Run workers for the TaskQueueService APP (module:attribute)."""
     _configure_logging(log_level, log_format)
-    options = _WorkerOptions(app, concurrency, burst, shutdown_timeout, broker_url, queue)
+    options = _WorkerOptions(
+        app, concurrency, burst, shutdown_timeout, broker_url, queue, metrics_port
+    )
     service = _prepare(options)  # fail fast, in the parent, on a bad APP or URL
     _print_banner(service, options, processes)
     if processes == 1:
@@ -125,6 +136,7 @@ class _WorkerOptions:
     shutdown_timeout: float
     broker_url: str | None
     queue: str | None
+    metrics_port: int | None = None
 
 
 def _prepare(options: _WorkerOptions) -> TaskQueueService:
@@ -148,6 +160,16 @@ def _print_banner(service: TaskQueueService, options: _WorkerOptions, processes:
     )
 
 
+def _serve_metrics(broker: AbstractBroker, port: int | None) -> MetricsServer | None:
+    if port is None:
+        return None
+    from .metrics_server import MetricsServer  # needs the web extra
+
+    server = MetricsServer(broker, port=port)
+    server.start()
+    return server
+
+
 async def _run_worker(service: TaskQueueService, options: _WorkerOptions) -> int:
     """Run one process's workers until a signal (or an empty queue with --burst)."""
     loop = asyncio.get_running_loop()
@@ -159,6 +181,7 @@ async def _run_worker(service: TaskQueueService, options: _WorkerOptions) -> int
         await broker.close()
         return 0
     service.start_workers(options.concurrency)
+    metrics = _serve_metrics(broker, options.metrics_port)
     waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
     if options.burst:
         waiters.append(asyncio.create_task(service.wait_idle()))
@@ -171,6 +194,8 @@ async def _run_worker(service: TaskQueueService, options: _WorkerOptions) -> int
         extra={"katana_event": "worker_stopping"},
     )
     await service.shutdown(timeout=options.shutdown_timeout)
+    if metrics is not None:
+        metrics.stop()
     await broker.close()
     return 0
 
@@ -213,12 +238,21 @@ def _child_main(options: _WorkerOptions, log_level: str, log_format: str) -> Non
     sys.exit(asyncio.run(_run_worker(service, options)))
 
 
+def _child_options(options: _WorkerOptions, index: int) -> _WorkerOptions:
+    """Child ``index`` (from 1) serves its metrics on its own port."""
+    if options.metrics_port is None:
+        return options
+    return dataclasses.replace(options, metrics_port=options.metrics_port + index - 1)
+
+
 def _run_processes(options: _WorkerOptions, processes: int, log_level: str, log_format: str) -> int:
     """Start ``processes`` children and pass SIGTERM/SIGINT on to them."""
     context = multiprocessing.get_context("spawn")
     children = [
         context.Process(
-            target=_child_main, args=(options, log_level, log_format), name=f"katana-worker-{i}"
+            target=_child_main,
+            args=(_child_options(options, i), log_level, log_format),
+            name=f"katana-worker-{i}",
         )
         for i in range(1, processes + 1)
     ]
