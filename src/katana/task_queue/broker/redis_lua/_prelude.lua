@@ -86,9 +86,12 @@ local function place(key, id, priority, due_ms, now_ms)
   end
 end
 
--- Take a task out of whichever queue structure holds it.
-local function unplace(key, id)
-  local member = redis.call('HGET', key, 'member')
+-- Take a task out of whichever queue structure holds it. `member` is its ready entry (false
+-- for none) when the caller has read it already.
+local function unplace(key, id, member)
+  if member == nil then
+    member = redis.call('HGET', key, 'member')
+  end
   if member then
     redis.call('ZREM', ready_key, member)
     redis.call('HDEL', key, 'member')
@@ -100,8 +103,9 @@ end
 local TERMINAL = {COMPLETED = true, FAILED = true, CANCELLED = true, DEAD = true}
 
 -- Keep the per-status counters of terminal states in step with a status change of the task
--- stored at `key`; a task that finishes gives up its unique key.
-local function count_transition(key, old_status, new_status)
+-- stored at `key`; a task that finishes gives up its unique key (`unique`: the record's
+-- unique_key, false for none, when the caller has read it already).
+local function count_transition(key, old_status, new_status, unique)
   local id = string.sub(key, #prefix + 7)
   if old_status and TERMINAL[old_status] then
     redis.call('HINCRBY', counts_key, old_status, -1)
@@ -111,7 +115,9 @@ local function count_transition(key, old_status, new_status)
     redis.call('HINCRBY', counts_key, new_status, 1)
     -- Listing finished tasks by status, newest first, reads these sets.
     redis.call('ZADD', prefix .. ':finished:' .. new_status, tonumber(ARGV[2]), id)
-    local unique = redis.call('HGET', key, 'unique_key')
+    if unique == nil then
+      unique = redis.call('HGET', key, 'unique_key')
+    end
     if unique and redis.call('HGET', unique_key, unique) == id then
       redis.call('HDEL', unique_key, unique)
     end
@@ -135,46 +141,48 @@ local function apply_outcomes(first, last, now_ms)
     local op, id, token = ARGV[base], ARGV[base + 1], ARGV[base + 2]
     local key = task_key(id)
     local code = 1
-    if redis.call('TYPE', key).ok ~= 'hash' then
+    -- One read for what every outcome needs (this runs once per finished task). A key of
+    -- another Redis type (garbage) fails this read, before anything is written: unknown.
+    local row = redis.pcall('HMGET', key, 'status', 'claim_token', 'member', 'cancel_requested',
+      'unique_key')
+    local status = row[1]
+    if row.err or (not status and redis.call('EXISTS', key) == 0) then
       code = -1
     else
-      local status = redis.call('HGET', key, 'status')
-      if token ~= '' and (status ~= 'PROCESSING' or
-          redis.call('HGET', key, 'claim_token') ~= token) then
+      if token ~= '' and (status ~= 'PROCESSING' or row[2] ~= token) then
         code = 0
       else
-        unplace(key, id)
-        redis.call('HDEL', key, 'claim_token')
-        if op == 'requeue' and redis.call('HGET', key, 'cancel_requested') then
+        unplace(key, id, row[3])
+        if op == 'requeue' and row[4] then
           op = 'cancel'  -- cancelled while it ran: it does not run again
         end
-        if op ~= 'requeue' then
-          redis.call('HDEL', key, 'cancel_requested')
-        end
         if op == 'complete' then
-          count_transition(key, status, 'COMPLETED')
-          redis.call('HSET', key, 'status', 'COMPLETED', 'finished_at', now_s)
-          redis.call('HDEL', key, 'error', 'traceback')
+          count_transition(key, status, 'COMPLETED', row[5])
           if ARGV[base + 3] ~= '' then
-            redis.call('HSET', key, 'result', ARGV[base + 3])
+            redis.call('HSET', key, 'status', 'COMPLETED', 'finished_at', now_s,
+              'result', ARGV[base + 3])
+            redis.call('HDEL', key, 'claim_token', 'cancel_requested', 'error', 'traceback')
           else
-            redis.call('HDEL', key, 'result')
+            redis.call('HSET', key, 'status', 'COMPLETED', 'finished_at', now_s)
+            redis.call('HDEL', key, 'claim_token', 'cancel_requested', 'error', 'traceback',
+              'result')
           end
         elseif op == 'cancel' then
-          count_transition(key, status, 'CANCELLED')
+          count_transition(key, status, 'CANCELLED', row[5])
           redis.call('HSET', key, 'status', 'CANCELLED', 'finished_at', now_s)
-          redis.call('HDEL', key, 'cancel_requested')
+          redis.call('HDEL', key, 'claim_token', 'cancel_requested')
         elseif op == 'fail' then
-          count_transition(key, status, 'FAILED')
+          count_transition(key, status, 'FAILED', row[5])
           redis.call('HSET', key, 'status', 'FAILED', 'finished_at', now_s,
             'error', ARGV[base + 3], 'traceback', ARGV[base + 4],
             'err:' .. (redis.call('HGET', key, 'attempts') or '0'), ARGV[base + 5])
+          redis.call('HDEL', key, 'claim_token', 'cancel_requested')
         else
-          count_transition(key, status, 'PENDING')
+          count_transition(key, status, 'PENDING', row[5])
           local due_ms = now_ms + tonumber(ARGV[base + 3])
           redis.call('HSET', key, 'status', 'PENDING',
             'scheduled_at', string.format('%.6f', due_ms / 1000))
-          redis.call('HDEL', key, 'finished_at')
+          redis.call('HDEL', key, 'claim_token', 'finished_at')
           if ARGV[base + 5] ~= '' then
             redis.call('HSET', key, 'error', ARGV[base + 4],
               'err:' .. (redis.call('HGET', key, 'attempts') or '0'), ARGV[base + 5])
