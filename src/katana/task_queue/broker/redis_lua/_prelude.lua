@@ -137,10 +137,52 @@ local function apply_outcomes(first, last, now_ms)
   local now_s = string.format('%.6f', now_ms / 1000)
   local codes = {}
   local requeued = 0
+  -- A checked outcome ends a PROCESSING task: its ZREM from the processing set and, when it
+  -- finishes, its counter and finished-set entry are written once per call, not per task.
+  local released, finished, finished_n = {}, {}, 0
+  local function write_batched()
+    for first_id = 1, #released, 1000 do  -- in slices: unpack is bounded by Lua's stack
+      redis.call('ZREM', processing_key,
+        unpack(released, first_id, math.min(first_id + 999, #released)))
+    end
+    released = {}
+    for new_status, entries in pairs(finished) do
+      redis.call('HINCRBY', counts_key, new_status, #entries / 2)
+      for first_entry = 1, #entries, 1000 do
+        redis.call('ZADD', prefix .. ':finished:' .. new_status,
+          unpack(entries, first_entry, math.min(first_entry + 999, #entries)))
+      end
+    end
+    finished, finished_n = {}, 0
+  end
+  -- count_transition, batched for a checked outcome (old status PROCESSING, never terminal).
+  local function transition(checked, key, id, old_status, new_status, unique)
+    if not checked then
+      count_transition(key, old_status, new_status, unique)
+      return
+    end
+    if not TERMINAL[new_status] then
+      return
+    end
+    local entries = finished[new_status]
+    if not entries then
+      entries = {}
+      finished[new_status] = entries
+    end
+    entries[#entries + 1] = tonumber(ARGV[2])
+    entries[#entries + 1] = id
+    finished_n = finished_n + 1
+    if unique and redis.call('HGET', unique_key, unique) == id then
+      redis.call('HDEL', unique_key, unique)
+    end
+  end
   for base = first, last, 6 do
     local op, id, token = ARGV[base], ARGV[base + 1], ARGV[base + 2]
     local key = task_key(id)
     local code = 1
+    if token == '' and (#released > 0 or finished_n > 0) then
+      write_batched()  -- an unchecked outcome may touch what the batch holds: settle it first
+    end
     -- One read for what every outcome needs (this runs once per finished task). A key of
     -- another Redis type (garbage) fails this read, before anything is written: unknown.
     local row = redis.pcall('HMGET', key, 'status', 'claim_token', 'member', 'cancel_requested',
@@ -152,12 +194,23 @@ local function apply_outcomes(first, last, now_ms)
       if token ~= '' and (status ~= 'PROCESSING' or row[2] ~= token) then
         code = 0
       else
-        unplace(key, id, row[3])
+        local checked = token ~= ''
+        if checked then
+          -- Claimed, so in no queue structure but the processing set: it leaves that with
+          -- the others of this call. (A ready entry would be garbage: removed all the same.)
+          if row[3] then
+            redis.call('ZREM', ready_key, row[3])
+            redis.call('HDEL', key, 'member')
+          end
+          released[#released + 1] = id
+        else
+          unplace(key, id, row[3])
+        end
         if op == 'requeue' and row[4] then
           op = 'cancel'  -- cancelled while it ran: it does not run again
         end
         if op == 'complete' then
-          count_transition(key, status, 'COMPLETED', row[5])
+          transition(checked, key, id, status, 'COMPLETED', row[5])
           if ARGV[base + 3] ~= '' then
             redis.call('HSET', key, 'status', 'COMPLETED', 'finished_at', now_s,
               'result', ARGV[base + 3])
@@ -168,17 +221,17 @@ local function apply_outcomes(first, last, now_ms)
               'result')
           end
         elseif op == 'cancel' then
-          count_transition(key, status, 'CANCELLED', row[5])
+          transition(checked, key, id, status, 'CANCELLED', row[5])
           redis.call('HSET', key, 'status', 'CANCELLED', 'finished_at', now_s)
           redis.call('HDEL', key, 'claim_token', 'cancel_requested')
         elseif op == 'fail' then
-          count_transition(key, status, 'FAILED', row[5])
+          transition(checked, key, id, status, 'FAILED', row[5])
           redis.call('HSET', key, 'status', 'FAILED', 'finished_at', now_s,
             'error', ARGV[base + 3], 'traceback', ARGV[base + 4],
             'err:' .. (redis.call('HGET', key, 'attempts') or '0'), ARGV[base + 5])
           redis.call('HDEL', key, 'claim_token', 'cancel_requested')
         else
-          count_transition(key, status, 'PENDING', row[5])
+          transition(checked, key, id, status, 'PENDING', row[5])
           local due_ms = now_ms + tonumber(ARGV[base + 3])
           redis.call('HSET', key, 'status', 'PENDING',
             'scheduled_at', string.format('%.6f', due_ms / 1000))
@@ -194,6 +247,7 @@ local function apply_outcomes(first, last, now_ms)
     end
     codes[#codes + 1] = code
   end
+  write_batched()
   if requeued > 0 then
     redis.call('PUBLISH', wake_channel, requeued)
   end
