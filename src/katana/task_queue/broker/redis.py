@@ -33,6 +33,7 @@ import orjson
 
 try:
     import redis.asyncio as aioredis
+    from hiredis import pack_command as _hiredis_pack_command
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError, ResponseError
@@ -40,7 +41,9 @@ try:
     from redis.maint_notifications import MaintNotificationsConfig
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("RedisBroker needs redis-py: pip install 'katana-task-queue[redis]'") from exc
+    raise ImportError(
+        "RedisBroker needs redis-py and hiredis: pip install 'katana-task-queue[redis]'"
+    ) from exc
 
 from .._urls import masked_url
 from ..errors import BrokerClosedError, BrokerError, BrokerUnavailableError
@@ -149,6 +152,7 @@ class RedisBroker(AbstractBroker):
             # connections, so the first command after a Redis restart failed.
             maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
+        _pack_scripts_with_hiredis(self._client)
         self._scripts = {name: self._client.register_script(s) for name, s in _SCRIPTS.items()}
         self._closed = False
         self._closing = False
@@ -318,6 +322,8 @@ class RedisBroker(AbstractBroker):
         self._waiters.append(waiter)
         self._demand.set()
         try:
+            if timeout is None:  # the worker's call: no timer to arm and disarm per task
+                return await waiter
             async with asyncio.timeout(timeout):
                 return await waiter
         except TimeoutError:
@@ -368,11 +374,16 @@ class RedisBroker(AbstractBroker):
         next_due = float(reply[0]) / 1000 if reply[0] else None
         tasks = []
         for record in reply[4:]:
-            task = await self._decode_claimed(record)
-            if task is not None:
-                self._held[task.id] = task.claim_token or ""
-                self._held_empty.clear()
-                tasks.append(task)
+            fields = dict(zip(record[::2], record[1::2], strict=True))
+            task_id = fields[b"id"].decode(errors="replace")
+            try:
+                task = decode_task(fields, task_id)
+            except MalformedRecordError as exc:
+                await self._quarantine_claimed(task_id, exc)
+                continue
+            self._held[task_id] = task.claim_token or ""
+            self._held_empty.clear()
+            tasks.append(task)
         return next_due, tasks
 
     def _release(self, task_id: str, claim_token: str) -> None:
@@ -382,23 +393,18 @@ class RedisBroker(AbstractBroker):
             if not self._held:
                 self._held_empty.set()
 
-    async def _decode_claimed(self, record: list[bytes]) -> Task | None:
-        fields = dict(zip(record[::2], record[1::2], strict=True))
-        task_id = fields[b"id"].decode(errors="replace")
+    async def _quarantine_claimed(self, task_id: str, exc: MalformedRecordError) -> None:
+        """Move a claimed record that does not decode aside, so that no worker runs it."""
+        logger.error(
+            "task record %s is malformed and was quarantined: %s",
+            task_id,
+            exc,
+            extra={"katana_event": "task_quarantined", "task_id": task_id},
+        )
         try:
-            return decode_task(fields, task_id)
-        except MalformedRecordError as exc:
-            logger.error(
-                "task record %s is malformed and was quarantined: %s",
-                task_id,
-                exc,
-                extra={"katana_event": "task_quarantined", "task_id": task_id},
-            )
-            try:
-                await self._run("quarantine", [self._now_ms(), task_id, f"malformed record: {exc}"])
-            except BrokerError as error:  # its lease expires and the next claim retries this
-                logger.warning("could not quarantine task record %s: %s", task_id, error)
-            return None
+            await self._run("quarantine", [self._now_ms(), task_id, f"malformed record: {exc}"])
+        except BrokerError as error:  # its lease expires and the next claim retries this
+            logger.warning("could not quarantine task record %s: %s", task_id, error)
 
     def _log_quarantined(self, pairs: list[bytes]) -> None:
         """Log what a script moved to quarantine (entry, reason pairs)."""
@@ -793,6 +799,27 @@ class RedisBroker(AbstractBroker):
                 batch = []
         if batch:
             await self._client.unlink(*batch)
+
+
+def _pack_scripts_with_hiredis(client: aioredis.Redis) -> None:
+    """Have ``client`` pack script calls (EVALSHA) with hiredis instead of Python.
+
+    redis-py's asyncio connections pack every command in Python, one argument at a time (its
+    sync connections use hiredis): a claim carrying its outcomes has tens to hundreds of
+    arguments, and packing them cost a worker more CPU than decoding the tasks it got back.
+    Every argument a script gets here is a str, bytes or int, which hiredis packs alike.
+    """
+    pool = client.connection_pool
+    base = pool.connection_class
+    pack = _hiredis_pack_command
+
+    def pack_command(self: Any, *args: Any) -> list[bytes]:
+        if args[0] == "EVALSHA":
+            return [pack(args)]
+        return base.pack_command(self, *args)
+
+    packing = {"pack_command": pack_command}
+    pool.connection_class = type(f"HiredisPacking{base.__name__}", (base,), packing)
 
 
 def _text(value: Any) -> str:
