@@ -27,10 +27,13 @@ local MEMBER_HEAD = 33 -- length of '<due>:<seq>:'
 -- What this call quarantined, as entry, reason pairs: scripts return it so the client logs it.
 local quarantined_now = {}
 
+-- redis.call on one of the queue's own keys (its second argument); defined below.
+local queue_call
+
 local function quarantine(entry, reason, now_ms)
-  redis.call('LPUSH', quarantine_key,
+  queue_call('LPUSH', quarantine_key,
     cjson.encode({entry = entry, reason = reason, at_ms = now_ms}))
-  redis.call('LTRIM', quarantine_key, 0, QUARANTINE_KEEP - 1)
+  queue_call('LTRIM', quarantine_key, 0, QUARANTINE_KEEP - 1)
   quarantined_now[#quarantined_now + 1] = entry
   quarantined_now[#quarantined_now + 1] = reason
 end
@@ -50,11 +53,35 @@ local function ensure_type(key, wanted, now_ms)
   end
 end
 
--- Every script writes the quarantine list and may write the counters: repair them first, so
--- that garbage there cannot abort a script halfway through its writes.
-ensure_type(quarantine_key, 'list', tonumber(ARGV[2]))
-ensure_type(counts_key, 'hash', tonumber(ARGV[2]))
-ensure_type(unique_key, 'hash', tonumber(ARGV[2]))
+local QUEUE_KEY_TYPES = {[ready_key] = 'zset', [delayed_key] = 'zset', [processing_key] = 'zset',
+  [counts_key] = 'hash', [unique_key] = 'hash', [quarantine_key] = 'list'}
+
+-- A command on one of the queue's own keys that repairs the key if garbage gave it the wrong
+-- Redis type: Redis refuses such a command before it writes anything, so the key is moved
+-- aside (ensure_type) and the command run again, and the script goes on as if the key had
+-- been checked up front. claim.lua and finish.lua rely on this instead of a TYPE per key per
+-- call, so the hot path pays nothing for keys that are fine.
+queue_call = function(command, key, ...)
+  local reply = redis.pcall(command, key, ...)
+  if type(reply) == 'table' and reply.err then
+    local wanted = QUEUE_KEY_TYPES[key]
+    if wanted and string.find(reply.err, 'WRONGTYPE', 1, true) then
+      ensure_type(key, wanted, tonumber(ARGV[2]))
+      return redis.call(command, key, ...)
+    end
+    error(reply)
+  end
+  return reply
+end
+
+-- The other scripts write the quarantine list and may write the counters and unique keys
+-- with plain redis.call: they repair those keys first, so that garbage there cannot abort
+-- them halfway through their writes.
+local function ensure_queue_types(now_ms)
+  ensure_type(quarantine_key, 'list', now_ms)
+  ensure_type(counts_key, 'hash', now_ms)
+  ensure_type(unique_key, 'hash', now_ms)
+end
 
 -- The task's record, or nil (and the entry quarantined) when it is missing or not a hash.
 local function task_record(id, entry, now_ms)
@@ -79,10 +106,10 @@ local function place(key, id, priority, due_ms, now_ms)
     local seq = redis.call('INCR', prefix .. ':seq')
     local member = ready_member(due_ms, seq, id)
     redis.call('HSET', key, 'member', member)
-    redis.call('ZADD', ready_key, priority, member)
+    queue_call('ZADD', ready_key, priority, member)
   else
     redis.call('HDEL', key, 'member')
-    redis.call('ZADD', delayed_key, due_ms, id)
+    queue_call('ZADD', delayed_key, due_ms, id)
   end
 end
 
@@ -93,11 +120,11 @@ local function unplace(key, id, member)
     member = redis.call('HGET', key, 'member')
   end
   if member then
-    redis.call('ZREM', ready_key, member)
+    queue_call('ZREM', ready_key, member)
     redis.call('HDEL', key, 'member')
   end
-  redis.call('ZREM', delayed_key, id)
-  redis.call('ZREM', processing_key, id)
+  queue_call('ZREM', delayed_key, id)
+  queue_call('ZREM', processing_key, id)
 end
 
 local TERMINAL = {COMPLETED = true, FAILED = true, CANCELLED = true, DEAD = true}
@@ -108,18 +135,18 @@ local TERMINAL = {COMPLETED = true, FAILED = true, CANCELLED = true, DEAD = true
 local function count_transition(key, old_status, new_status, unique)
   local id = string.sub(key, #prefix + 7)
   if old_status and TERMINAL[old_status] then
-    redis.call('HINCRBY', counts_key, old_status, -1)
+    queue_call('HINCRBY', counts_key, old_status, -1)
     redis.call('ZREM', prefix .. ':finished:' .. old_status, id)
   end
   if TERMINAL[new_status] then
-    redis.call('HINCRBY', counts_key, new_status, 1)
+    queue_call('HINCRBY', counts_key, new_status, 1)
     -- Listing finished tasks by status, newest first, reads these sets.
     redis.call('ZADD', prefix .. ':finished:' .. new_status, tonumber(ARGV[2]), id)
     if unique == nil then
       unique = redis.call('HGET', key, 'unique_key')
     end
-    if unique and redis.call('HGET', unique_key, unique) == id then
-      redis.call('HDEL', unique_key, unique)
+    if unique and queue_call('HGET', unique_key, unique) == id then
+      queue_call('HDEL', unique_key, unique)
     end
   end
 end
@@ -142,12 +169,12 @@ local function apply_outcomes(first, last, now_ms)
   local released, finished, finished_n = {}, {}, 0
   local function write_batched()
     for first_id = 1, #released, 1000 do  -- in slices: unpack is bounded by Lua's stack
-      redis.call('ZREM', processing_key,
+      queue_call('ZREM', processing_key,
         unpack(released, first_id, math.min(first_id + 999, #released)))
     end
     released = {}
     for new_status, entries in pairs(finished) do
-      redis.call('HINCRBY', counts_key, new_status, #entries / 2)
+      queue_call('HINCRBY', counts_key, new_status, #entries / 2)
       for first_entry = 1, #entries, 1000 do
         redis.call('ZADD', prefix .. ':finished:' .. new_status,
           unpack(entries, first_entry, math.min(first_entry + 999, #entries)))
@@ -172,8 +199,8 @@ local function apply_outcomes(first, last, now_ms)
     entries[#entries + 1] = tonumber(ARGV[2])
     entries[#entries + 1] = id
     finished_n = finished_n + 1
-    if unique and redis.call('HGET', unique_key, unique) == id then
-      redis.call('HDEL', unique_key, unique)
+    if unique and queue_call('HGET', unique_key, unique) == id then
+      queue_call('HDEL', unique_key, unique)
     end
   end
   for base = first, last, 6 do
@@ -199,7 +226,7 @@ local function apply_outcomes(first, last, now_ms)
           -- Claimed, so in no queue structure but the processing set: it leaves that with
           -- the others of this call. (A ready entry would be garbage: removed all the same.)
           if row[3] then
-            redis.call('ZREM', ready_key, row[3])
+            queue_call('ZREM', ready_key, row[3])
             redis.call('HDEL', key, 'member')
           end
           released[#released + 1] = id

@@ -15,16 +15,13 @@ local token_base = ARGV[5]
 local exclusive = ARGV[6] == '1'
 local mode = ''
 local now_s = string.format('%.6f', now_ms / 1000)
-ensure_type(ready_key, 'zset', now_ms)
-ensure_type(delayed_key, 'zset', now_ms)
-ensure_type(processing_key, 'zset', now_ms)
 local codes = apply_outcomes(7, #ARGV, now_ms)
 
 -- Delayed tasks that came due join the ready set, ordered by their due time.
-local due = redis.call('ZRANGEBYSCORE', delayed_key, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, 1000)
+local due = queue_call('ZRANGEBYSCORE', delayed_key, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, 1000)
 for i = 1, #due, 2 do
   local id = due[i]
-  redis.call('ZREM', delayed_key, id)
+  queue_call('ZREM', delayed_key, id)
   local key = task_record(id, id, now_ms)
   if key and redis.call('HGET', key, 'status') == 'PENDING' then
     local priority = tonumber(redis.call('HGET', key, 'priority'))
@@ -73,7 +70,7 @@ local function take(member, score)
   end
   if row[3] then
     if not (exclusive and n == 0) then
-      redis.call('ZADD', ready_key, score, member)
+      queue_call('ZADD', ready_key, score, member)
       mode = 'suspect_waiting'
       return
     end
@@ -100,7 +97,7 @@ local function take(member, score)
 end
 
 while n < count and mode == '' do
-  local popped = redis.call('ZPOPMIN', ready_key, count - n)
+  local popped = queue_call('ZPOPMIN', ready_key, count - n)
   if #popped == 0 then
     break
   end
@@ -108,16 +105,16 @@ while n < count and mode == '' do
     if mode == '' then
       take(popped[i], popped[i + 1])
     else
-      redis.call('ZADD', ready_key, popped[i + 1], popped[i])  -- stopped: give the rest back
+      queue_call('ZADD', ready_key, popped[i + 1], popped[i])  -- stopped: give the rest back
     end
   end
 end
 
 for first = 1, #leases, 1000 do  -- in slices: unpack is bounded by Lua's stack
-  redis.call('ZADD', processing_key, unpack(leases, first, math.min(first + 999, #leases)))
+  queue_call('ZADD', processing_key, unpack(leases, first, math.min(first + 999, #leases)))
 end
 
-local next_due = redis.call('ZRANGE', delayed_key, 0, 0, 'WITHSCORES')
+local next_due = queue_call('ZRANGE', delayed_key, 0, 0, 'WITHSCORES')
 local result = {next_due[2] or '', codes, quarantined_now, mode}
 for i = 1, #claimed do
   result[i + 4] = claimed[i]

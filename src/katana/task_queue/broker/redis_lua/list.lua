@@ -1,5 +1,6 @@
 -- Finished tasks of one status, newest first. ARGV: prefix, now_ms, status, offset, limit.
 -- Returns {total, record, record, ...}: each record is HGETALL followed by 'id', id.
+ensure_queue_types(tonumber(ARGV[2]))
 local set = prefix .. ':finished:' .. ARGV[3]
 local offset, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
 local ids = redis.call('ZREVRANGE', set, offset, offset + limit - 1)
