@@ -65,6 +65,9 @@ _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 #: the notification connection was down.
 _SAFETY_POLL_SECONDS = 1.0
 _FETCH_LOOP = "katana-redis-fetch"
+#: Claims one process keeps in flight: while Redis runs one, the process runs the tasks the
+#: other brought, so neither waits for the other (each claim is for workers already waiting).
+_FETCHERS = 2
 #: How long close() lets a claim in flight finish before it cancels the fetch loop.
 _CLAIM_GRACE_SECONDS = 2.0
 #: Longest an outcome waits for a claim to carry it before it is written on its own.
@@ -166,6 +169,10 @@ class RedisBroker(AbstractBroker):
         # The last claim's mode: b"exclusive" (we hold a suspect task, alone) or
         # b"suspect_waiting" (a suspect waits for a consumer that holds nothing).
         self._claim_mode = b""
+        # Claims in flight, the tasks they ask for, and whether one may take a suspect task.
+        self._claims_in_flight = 0
+        self._requested = 0
+        self._exclusive_in_flight = False
         self._cancel_listeners: list[Callable[[str], None]] = []
         self._demand = asyncio.Event()
         self._wake = asyncio.Event()
@@ -267,11 +274,11 @@ class RedisBroker(AbstractBroker):
         self._wake.set()
         self._held_empty.set()
         pending = {task for task in self._background if not task.done()}
-        fetcher = next((task for task in pending if task.get_name() == _FETCH_LOOP), None)
-        if fetcher is not None:
-            # A claim in flight finishes, so its tasks land in the buffer and are handed back
-            # below, instead of waiting out their lease.
-            await asyncio.wait({fetcher}, timeout=_CLAIM_GRACE_SECONDS)
+        fetchers = {task for task in pending if task.get_name() == _FETCH_LOOP}
+        if fetchers:
+            # Claims in flight finish, so their tasks are handed back at once (no dequeue
+            # waits for them any more), instead of waiting out their lease.
+            await asyncio.wait(fetchers, timeout=_CLAIM_GRACE_SECONDS)
             pending = {task for task in pending if not task.done()}
         while pending:
             for task in pending:
@@ -316,7 +323,7 @@ class RedisBroker(AbstractBroker):
             raise BrokerClosedError(f"{self!r} is closing")
         self._start_consuming()  # the heartbeat must renew whatever this process claims
         if timeout == 0:
-            _, tasks = await self._claim(1)
+            _, tasks = await self._claim(1, exclusive=not self._held)
             return tasks[0] if tasks else None
         waiter: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -346,20 +353,24 @@ class RedisBroker(AbstractBroker):
         if self._background:
             return
         self._background = [
-            asyncio.create_task(self._fetch_loop(), name=_FETCH_LOOP),
+            *(asyncio.create_task(self._fetch_loop(), name=_FETCH_LOOP) for _ in range(_FETCHERS)),
             asyncio.create_task(self._heartbeat_loop(), name="katana-redis-heartbeat"),
             asyncio.create_task(self._listen_loop(), name="katana-redis-wake"),
         ]
 
-    async def _claim(self, count: int) -> tuple[float | None, list[Task]]:
-        """Claim up to ``count`` tasks, writing the queued outcomes in the same round trip."""
+    async def _claim(self, count: int, *, exclusive: bool) -> tuple[float | None, list[Task]]:
+        """Claim up to ``count`` tasks, writing the queued outcomes in the same round trip.
+
+        ``exclusive``: this process holds nothing and claims nothing else meanwhile, so the
+        claim may take a suspect task (which then runs alone).
+        """
         batch = self._take_outcomes()
         args: list[Any] = [
             self._now_ms(),
             count,
             int(self.lease_seconds * 1000),
             new_task_id(),
-            0 if self._held else 1,  # holding nothing: may take a suspect task
+            1 if exclusive else 0,
         ]
         for outcome in batch:
             args.extend(outcome.values)
@@ -429,23 +440,47 @@ class RedisBroker(AbstractBroker):
         self._submit("requeue", task.id, task.claim_token, 0, "", "")
 
     async def _fetch_loop(self) -> None:
-        """Claim tasks for the waiting ``dequeue`` calls, as many per round trip as wait."""
+        """Claim tasks for the waiting ``dequeue`` calls, as many per round trip as wait.
+
+        ``_FETCHERS`` of these run. A claim never asks for more tasks than there are
+        ``dequeue`` calls waiting that no other claim serves, so nothing is claimed ahead.
+        """
         backoff = _BACKOFF_FIRST_SECONDS
         while not self._stopping():
             await self._demand.wait()
             # Workers woken together finish together: let them all ask before claiming.
             await asyncio.sleep(0)
-            wanted = sum(1 for waiter in self._waiters if not waiter.done())
-            if wanted == 0 or self._stopping():
-                self._demand.clear()
+            waiting = sum(1 for waiter in self._waiters if not waiter.done())
+            wanted = waiting - self._requested
+            if wanted <= 0 or self._stopping() or self._exclusive_in_flight:
+                self._demand.clear()  # a claim that returns sets it again
                 continue
-            if self._claim_mode and self._held:
+            if self._claim_mode and (self._held or self._claims_in_flight):
                 # A suspect task runs alone: finish what we hold before claiming more.
-                await self._held_empty.wait()
+                if self._claims_in_flight:
+                    self._demand.clear()
+                else:
+                    await self._held_empty.wait()
                 continue
+            # Alone, idle and not after a suspect, a claim takes half of what is wanted and
+            # leaves the rest to the other fetcher, so that two claims take turns from then
+            # on. Only a lone claim may take a suspect task; two at once never do.
+            exclusive = not self._held and not self._claims_in_flight
+            count = min(wanted, self._claim_batch)
+            if exclusive and count > 1 and not self._claim_mode:
+                exclusive, count = False, (count + 1) // 2
             self._wake.clear()
+            self._claims_in_flight += 1
+            self._requested += count
+            self._exclusive_in_flight = exclusive
             try:
-                next_due, tasks = await self._claim(min(wanted, self._claim_batch))
+                try:
+                    next_due, tasks = await self._claim(count, exclusive=exclusive)
+                finally:
+                    self._claims_in_flight -= 1
+                    self._requested -= count
+                    self._exclusive_in_flight = False
+                    self._demand.set()  # whoever waits for this claim to end looks again
             except Exception as exc:
                 logger.warning(
                     "cannot claim tasks (%s); retrying in %.2fs",
