@@ -323,7 +323,8 @@ class RedisBroker(AbstractBroker):
             raise BrokerClosedError(f"{self!r} is closing")
         self._start_consuming()  # the heartbeat must renew whatever this process claims
         if timeout == 0:
-            _, tasks = await self._claim(1, exclusive=not self._held)
+            exclusive = not self._held and not self._claims_in_flight
+            _, tasks = await self._claim(1, exclusive=exclusive)
             return tasks[0] if tasks else None
         waiter: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
