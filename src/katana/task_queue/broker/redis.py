@@ -173,6 +173,8 @@ class RedisBroker(AbstractBroker):
         self._claims_in_flight = 0
         self._requested = 0
         self._exclusive_in_flight = False
+        # Whether the last claim got all it asked for: the queue has a backlog.
+        self._backlog = False
         self._cancel_listeners: list[Callable[[str], None]] = []
         self._demand = asyncio.Event()
         self._wake = asyncio.Event()
@@ -463,12 +465,14 @@ class RedisBroker(AbstractBroker):
                 else:
                     await self._held_empty.wait()
                 continue
-            # Alone, idle and not after a suspect, a claim takes half of what is wanted and
-            # leaves the rest to the other fetcher, so that two claims take turns from then
-            # on. Only a lone claim may take a suspect task; two at once never do.
+            # Alone and idle with a backlog (and not after a suspect), a claim takes half of
+            # what is wanted and leaves the rest to the other fetcher, so that two claims take
+            # turns from then on. Without a backlog one claim serves every waiting worker, as
+            # a new task then needs no second claim beside its own. Only a lone claim may
+            # take a suspect task; two at once never do.
             exclusive = not self._held and not self._claims_in_flight
             count = min(wanted, self._claim_batch)
-            if exclusive and count > 1 and not self._claim_mode:
+            if exclusive and count > 1 and self._backlog and not self._claim_mode:
                 exclusive, count = False, (count + 1) // 2
             self._wake.clear()
             self._claims_in_flight += 1
@@ -494,6 +498,7 @@ class RedisBroker(AbstractBroker):
                 backoff = min(backoff * 2, _BACKOFF_MAX_SECONDS)
                 continue
             backoff = _BACKOFF_FIRST_SECONDS
+            self._backlog = len(tasks) >= count
             for task in tasks:
                 self._deliver(task)
             if not tasks:
