@@ -7,10 +7,12 @@ from typing import Any
 import common
 from arq import create_pool  # type: ignore[import-not-found]
 from arq.connections import RedisSettings  # type: ignore[import-not-found]
+from arq.constants import default_queue_name  # type: ignore[import-not-found]
 
 
 async def noop(ctx: dict[str, Any], sent: float = 0.0) -> None:
-    await common.record(sent)
+    if sent:
+        await common.record_latency(sent)
 
 
 class WorkerSettings:
@@ -40,6 +42,10 @@ class ArqPeer:
 
     async def enqueue_bulk(self, count: int) -> None:
         raise NotImplementedError(self.bulk_note)
+
+    async def remaining(self) -> int:
+        # A job stays in arq's queue sorted set until the worker finishes it.
+        return int(await self.pool.zcard(default_queue_name))
 
     def worker_command(self, concurrency: int) -> list[str]:
         return [common.venv_bin("arq"), "arq_bench.WorkerSettings"]

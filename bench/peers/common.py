@@ -1,4 +1,4 @@
-"""Shared harness for the Redis peer benchmarks: workers, CPU, Redis counters, the table."""
+"""Shared harness for the Redis peer benchmarks: workers, their CPU, drains, latency, the table."""
 
 from __future__ import annotations
 
@@ -29,11 +29,10 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 PEERS_DIR = Path(__file__).resolve().parent
 LOG_DIR = Path(tempfile.gettempdir()) / "katana-peer-bench"
 
-#: Every task INCRs this key; the harness polls it to see a drain finish.
-DONE_KEY = "bench:done"
-#: Latency tasks RPUSH (start time - enqueue time) in seconds here instead.
+#: Latency probes RPUSH (start time - enqueue time) in seconds here; other tasks do nothing.
 LATENCY_KEY = "bench:latency"
 
+#: How often the harness asks a queue how many tasks it still holds (one cheap read each).
 POLL_SECONDS = 0.02
 BULK_BATCH = 1_000
 PREFILL_CONCURRENCY = 100
@@ -70,6 +69,12 @@ class Peer(Protocol):
     async def enqueue_bulk(self, count: int) -> None:
         """Enqueue ``count`` noop tasks with one call of the peer's bulk API."""
 
+    async def remaining(self) -> int:
+        """Tasks the queue's storage still holds as unfinished: queued, delayed or running.
+
+        Read from the harness process with the queue's own API or keys, never from the worker.
+        """
+
     def worker_command(self, concurrency: int) -> list[str]: ...
 
 
@@ -104,32 +109,31 @@ def venv_bin(name: str) -> str:
     return str(path)
 
 
-# -- what the noop task does inside a worker ---------------------------------------------------
+# -- what a latency probe does inside a worker -------------------------------------------------
+#
+# Every task body is ``if sent: record(...)``: a drained task (sent == 0) does nothing at all,
+# and only the latency probes write their enqueue-to-start time.
 
 _async_client: aioredis.Redis | None = None
 _sync_client: redis.Redis | None = None
 
 
-async def record(sent: float) -> None:
-    """The noop task body for asyncio workers: one Redis command per task."""
+async def record_latency(sent: float) -> None:
+    """A latency probe's body for asyncio workers: push start time - enqueue time."""
     global _async_client
+    started = time.time()
     if _async_client is None:
         _async_client = aioredis.Redis.from_url(worker_redis_url())
-    if sent:
-        await _async_client.rpush(LATENCY_KEY, time.time() - sent)
-    else:
-        await _async_client.incr(DONE_KEY)
+    await _async_client.rpush(LATENCY_KEY, started - sent)
 
 
-def record_sync(sent: float) -> None:
-    """The noop task body for thread-based workers (dramatiq)."""
+def record_latency_sync(sent: float) -> None:
+    """A latency probe's body for thread-based workers (dramatiq)."""
     global _sync_client
+    started = time.time()
     if _sync_client is None:
         _sync_client = redis.Redis.from_url(worker_redis_url())
-    if sent:
-        _sync_client.rpush(LATENCY_KEY, time.time() - sent)
-    else:
-        _sync_client.incr(DONE_KEY)
+    _sync_client.rpush(LATENCY_KEY, started - sent)
 
 
 # -- worker processes and their CPU -------------------------------------------------------------
@@ -235,10 +239,6 @@ class Drain:
     timed_out: bool
 
 
-async def _done(client: aioredis.Redis) -> int:
-    return int(await client.get(DONE_KEY) or 0)
-
-
 async def enqueue_rate(peer: Peer, count: int) -> float:
     start = time.perf_counter()
     for _ in range(count):
@@ -260,12 +260,16 @@ async def prefill(peer: Peer, count: int) -> None:
         await asyncio.gather(*(peer.enqueue(0.0) for _ in range(batch)))
 
 
-async def drain(client: aioredis.Redis, worker: WorkerProcess, count: int) -> Drain:
-    """Poll the done counter until ``count`` tasks ran; CPU is sampled at first and last."""
+async def drain(peer: Peer, worker: WorkerProcess, count: int) -> Drain:
+    """Poll the queue's own state until ``count`` tasks finished; CPU sampled at first and last.
+
+    Done = ``count`` - what the queue still holds (queued, delayed or running), read from this
+    process every POLL_SECONDS: the worker does no bookkeeping for the harness.
+    """
     first: tuple[float, int, float] | None = None  # time, done, cpu at the first completion
     timed_out = False
     while True:
-        done, now = await _done(client), time.perf_counter()
+        done, now = count - await peer.remaining(), time.perf_counter()
         if first is None and done > 0:
             first = (now, done, worker.cpu())
         if done >= count:
@@ -335,7 +339,7 @@ async def _phase_one(peer: Peer, client: aioredis.Redis, count: int, out: dict[s
         worker = WorkerProcess(peer.worker_command(10), out["redis_url"], 10, peer.name)
         try:
             print("  drain at concurrency 10", flush=True)
-            out["drain10"] = vars(await drain(client, worker, count))
+            out["drain10"] = vars(await drain(peer, worker, count))
             print(f"  latency at {LATENCY_RATE}/s for {LATENCY_SECONDS}s", flush=True)
             out["p50_ms"], out["p99_ms"] = await latency(peer, client)
         finally:
@@ -357,7 +361,7 @@ async def _phase_two(peer: Peer, client: aioredis.Redis, count: int, out: dict[s
         worker = WorkerProcess(peer.worker_command(100), out["redis_url"], 100, peer.name)
         try:
             print("  drain at concurrency 100", flush=True)
-            out["drain100"] = vars(await drain(client, worker, count))
+            out["drain100"] = vars(await drain(peer, worker, count))
         finally:
             worker.stop()
     finally:

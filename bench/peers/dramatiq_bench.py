@@ -10,7 +10,8 @@ from dramatiq.brokers.redis import RedisBroker  # type: ignore[import-not-found]
 
 
 def noop(sent: float = 0.0) -> None:
-    common.record_sync(sent)
+    if sent:
+        common.record_latency_sync(sent)
 
 
 def make_broker(redis_url: str) -> tuple[Any, Any]:
@@ -42,6 +43,10 @@ class DramatiqPeer:
 
     async def enqueue_bulk(self, count: int) -> None:
         raise NotImplementedError(self.bulk_note)
+
+    async def remaining(self) -> int:
+        # Messages (queued, delayed or running) stay in the queue's hash until acknowledged.
+        return int(self.broker.do_qsize("default"))
 
     def worker_command(self, concurrency: int) -> list[str]:
         return [

@@ -17,13 +17,16 @@ try:
     # Imported by name so that type checking does not depend on modules still being written.
     RedisBroker: Any = importlib.import_module("katana.task_queue.broker.redis").RedisBroker
     TaskQueueService: Any = importlib.import_module("katana.task_queue.service").TaskQueueService
+    TaskStatus: Any = importlib.import_module("katana.task_queue.models").TaskStatus
     IMPORT_ERROR: str | None = None
 except (ImportError, AttributeError) as exc:
     IMPORT_ERROR = f"katana redis broker not available ({exc})"
 
 
 async def noop(task: Any) -> None:
-    await common.record(task.payload.get("sent", 0.0))
+    sent = task.payload.get("sent", 0.0)
+    if sent:
+        await common.record_latency(sent)
 
 
 def make_service(redis_url: str) -> Any:
@@ -60,6 +63,10 @@ class KatanaPeer:
 
     async def enqueue_bulk(self, count: int) -> None:
         await self.service.add_tasks([("noop", {"sent": 0.0}) for _ in range(count)])
+
+    async def remaining(self) -> int:
+        counts = await self.service.broker.count_by_status()
+        return int(counts[TaskStatus.PENDING] + counts[TaskStatus.PROCESSING])
 
     def worker_command(self, concurrency: int) -> list[str]:
         return [

@@ -9,7 +9,8 @@ from saq import Queue  # type: ignore[import-not-found]
 
 
 async def noop(ctx: dict[str, Any], *, sent: float = 0.0) -> None:
-    await common.record(sent)
+    if sent:
+        await common.record_latency(sent)
 
 
 def settings() -> dict[str, Any]:
@@ -42,6 +43,10 @@ class SaqPeer:
 
     async def enqueue_bulk(self, count: int) -> None:
         raise NotImplementedError(self.bulk_note)
+
+    async def remaining(self) -> int:
+        # saq's "incomplete" set holds every job from enqueue until it finishes.
+        return int(await self.queue.count("incomplete"))
 
     def worker_command(self, concurrency: int) -> list[str]:
         return [common.venv_bin("saq"), "saq_bench.settings"]

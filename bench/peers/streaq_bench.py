@@ -9,7 +9,8 @@ from streaq import Worker  # type: ignore[import-not-found]
 
 
 async def noop(sent: float = 0.0) -> None:
-    await common.record(sent)
+    if sent:
+        await common.record_latency(sent)
 
 
 def make_worker(redis_url: str, concurrency: int) -> tuple[Any, Any]:
@@ -40,6 +41,10 @@ class StreaqPeer:
 
     async def enqueue_bulk(self, count: int) -> None:
         await self.worker.enqueue_many([self.task.enqueue(0.0) for _ in range(count)])
+
+    async def remaining(self) -> int:
+        # streaq XDELs a task's stream entry when it finishes; queue_size adds delayed ones.
+        return int(await self.worker.queue_size())
 
     def worker_command(self, concurrency: int) -> list[str]:
         return [common.venv_bin("streaq"), "run", "streaq_bench:worker"]

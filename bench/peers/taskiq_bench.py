@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import common
+from redis.asyncio import Redis
 from taskiq_redis import RedisStreamBroker  # type: ignore[import-not-found]
 
 
 async def noop(sent: float = 0.0) -> None:
-    await common.record(sent)
+    if sent:
+        await common.record_latency(sent)
 
 
 def make_broker(redis_url: str) -> tuple[Any, Any]:
@@ -42,6 +44,16 @@ class TaskiqPeer:
 
     async def enqueue_bulk(self, count: int) -> None:
         raise NotImplementedError(self.bulk_note)
+
+    async def remaining(self) -> int:
+        # The stream keeps acknowledged entries: the consumer group's lag (never delivered)
+        # plus its pending entries (delivered, not yet acknowledged) are the unfinished ones.
+        async with Redis(connection_pool=self.broker.connection_pool) as client:
+            groups = await client.xinfo_groups(self.broker.queue_name)
+        (group,) = [g for g in groups if g["name"] == self.broker.consumer_group_name.encode()]
+        if group["lag"] is None:
+            raise RuntimeError("Redis cannot tell the consumer group's lag")
+        return int(group["lag"]) + int(group["pending"])
 
     def worker_command(self, concurrency: int) -> list[str]:
         return [

@@ -394,3 +394,42 @@ async def test_garbage_in_the_monitoring_keys_never_breaks_listing_or_workers(
     assert await manager.workers() == []
     await queue.broker.record_worker(overview.workers[0])  # moved aside, then written
     assert [worker.id for worker in await manager.workers()] == [queue.service.worker_id]
+
+
+@pytest.mark.parametrize(
+    ("key", "wanted"),
+    [("processing", "zset"), ("counts", "hash"), ("unique", "hash"), ("quarantine", "list")],
+)
+async def test_queue_key_of_the_wrong_type_met_first_by_a_claim(
+    queue: Queue, logs: pytest.LogCaptureFixture, key: str, wanted: str
+) -> None:
+    # Given queued tasks with unique keys, one malformed ready entry (so the claim writes to
+    # the quarantine list), and one of the queue's own keys overwritten with a value of another
+    # Redis type after the last add_task: the first script to meet it is a worker's claim
+    # (the ready and delayed sets are left alone: overwriting them drops their tasks)
+    ids = [(await queue.service.add_task("ok", {"n": n}, unique_key=f"u{n}")).id for n in range(20)]
+    await queue.raw.zadd(queue.keys.ready, {"not-a-member": 0})
+    name = f"{queue.broker.prefix}:{key}"
+    await queue.raw.delete(name)
+    await queue.raw.rpush(name, "garbage") if wanted != "list" else await queue.raw.set(name, "x")
+
+    # When workers drain the queue
+    workers = queue.service.start_workers(2)
+    for _ in range(int(WAIT_SECONDS / 0.01)):
+        if all(queue.runs[task_id] for task_id in ids):
+            break
+        await asyncio.sleep(0.01)
+    await queue.service.wait_idle(timeout=WAIT_SECONDS)
+
+    # Then no claim failed on it (a failed script may have written half of its changes),
+    # every task completed, no worker died, and the key was moved aside with a note
+    failures = [r for r in logs.records if getattr(r, "katana_event", "") == "broker_error"]
+    assert not failures, [r.getMessage() for r in failures]
+    for task_id in ids:
+        task = await queue.service.get_task(task_id)
+        assert task is not None
+        assert task.status is TaskStatus.COMPLETED
+    assert not any(worker.done() for worker in workers)
+    reasons = [e["reason"] for e in await queue.broker.quarantined() if e.get("entry") == name]
+    assert reasons, await queue.broker.quarantined()
+    assert f"expected {wanted}" in reasons[0]

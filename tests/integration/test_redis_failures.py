@@ -68,7 +68,7 @@ def log_watch() -> Iterator[LogWatch]:
     watch = LogWatch()
     logger = logging.getLogger("katana")
     previous = logger.level
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)  # task_started and task_completed are DEBUG lines
     logger.addHandler(watch)
     try:
         yield watch
@@ -180,6 +180,8 @@ class WorkerProcess:
             "1",
             "--shutdown-timeout",
             "1",
+            "--log-level",
+            "DEBUG",  # the tests wait for task_started, a DEBUG line
         ]
         with open(self.output_path, "wb") as output:
             self.process = subprocess.Popen(

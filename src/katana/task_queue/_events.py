@@ -1,4 +1,9 @@
-"""Lifecycle log lines with stable event names, cheap when their level is disabled."""
+"""Lifecycle log lines with stable event names, cheap when their level is disabled.
+
+A worker's routine steps for every task (``task_started``, ``task_completed``) are DEBUG: at
+INFO, writing them cost more worker CPU than claiming and running a small task. ``task_created``
+(the producer's side), cancellations and retries are INFO, hand-backs WARNING, failures ERROR.
+"""
 
 from __future__ import annotations
 

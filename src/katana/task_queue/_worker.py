@@ -138,7 +138,7 @@ class Worker:
             await self._record_failure(task, error)
             return
         log_task_event(
-            logging.INFO,
+            logging.DEBUG,
             "task_started",
             task,
             "task %s (%s) started, attempt %d",
@@ -317,7 +317,7 @@ def _report_completion(task: Task, outcome: asyncio.Future[bool]) -> None:
     if error is not None:
         _log_not_recorded(task, error)
     elif outcome.result():
-        log_task_event(logging.INFO, "task_completed", task, "task %s completed", task.id)
+        log_task_event(logging.DEBUG, "task_completed", task, "task %s completed", task.id)
     else:
         log_task_event(
             logging.WARNING,

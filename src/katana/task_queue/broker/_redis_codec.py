@@ -49,31 +49,42 @@ def encode_new_task(task: Task, *, unique: bool = False) -> list[Any]:
 
 
 def decode_task(fields: dict[bytes, bytes], task_id: str) -> Task:
-    """Build a Task from its hash fields; raises ``MalformedRecordError`` saying what is wrong."""
+    """Build a Task from its hash fields; raises ``MalformedRecordError`` saying what is wrong.
+
+    Every claimed task goes through here, so the optional fields are read inline.
+    """
+    get = fields.get
     try:
         name = fields[b"name"].decode()
         payload = orjson.loads(fields[b"payload"])
         priority = int(fields[b"priority"])
-        created_at = _instant(fields[b"created_at"])
-        scheduled_at = _instant(fields[b"scheduled_at"])
+        created_at = datetime.fromtimestamp(float(fields[b"created_at"]), UTC)
+        scheduled_at = datetime.fromtimestamp(float(fields[b"scheduled_at"]), UTC)
         status = _STATUSES[fields[b"status"]]
-        attempts = int(fields.get(b"attempts", b"0"))
-        raw_result = fields.get(b"result")
-        result = None if raw_result is None else orjson.loads(raw_result)
-        error = _text(fields.get(b"error"))
-        traceback = _text(fields.get(b"traceback"))
-        started_at = _optional_instant(fields.get(b"started_at"))
-        finished_at = _optional_instant(fields.get(b"finished_at"))
-        claim_token = _text(fields.get(b"claim_token"))
-        max_retries = int(fields.get(b"max_retries", b"0"))
-        raw_timeout = fields.get(b"timeout_seconds")
-        timeout_seconds = None if raw_timeout is None else float(raw_timeout)
+        attempts = int(get(b"attempts", b"0"))
+        raw = get(b"result")
+        result = None if raw is None else orjson.loads(raw)
+        raw = get(b"error")
+        error = None if raw is None else raw.decode()
+        raw = get(b"traceback")
+        traceback = None if raw is None else raw.decode()
+        raw = get(b"started_at")
+        started_at = None if raw is None else datetime.fromtimestamp(float(raw), UTC)
+        raw = get(b"finished_at")
+        finished_at = None if raw is None else datetime.fromtimestamp(float(raw), UTC)
+        raw = get(b"claim_token")
+        claim_token = None if raw is None else raw.decode()
+        max_retries = int(get(b"max_retries", b"0"))
+        raw = get(b"timeout_seconds")
+        timeout_seconds = None if raw is None else float(raw)
         errors = _attempt_errors(fields)
-        unique_key = _text(fields.get(b"unique_key"))
-        raw_progress = fields.get(b"progress")
-        progress = None if raw_progress is None else float(raw_progress)
-        progress_message = _text(fields.get(b"progress_message"))
-        trace_context = _trace_context(fields.get(b"trace_context"))
+        raw = get(b"unique_key")
+        unique_key = None if raw is None else raw.decode()
+        raw = get(b"progress")
+        progress = None if raw is None else float(raw)
+        raw = get(b"progress_message")
+        progress_message = None if raw is None else raw.decode()
+        trace_context = _trace_context(get(b"trace_context"))
     except KeyError as exc:
         raise MalformedRecordError(f"missing or invalid field {exc}") from exc
     except (ValueError, TypeError, OverflowError) as exc:  # orjson errors are ValueErrors
@@ -109,14 +120,13 @@ def decode_task(fields: dict[bytes, bytes], task_id: str) -> Task:
 def _attempt_errors(fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
     """The ``err:<attempt>`` fields, oldest attempt first."""
     entries = []
-    for name, raw in fields.items():
-        if name.startswith(b"err:"):
-            entry = orjson.loads(raw)
-            if type(entry) is not dict:
-                raise ValueError(f"{name.decode(errors='replace')} is not a JSON object")
-            attempt = int(name[4:])
-            entry["attempt"] = attempt  # the field name is the record's word for it
-            entries.append((attempt, entry))
+    for name in [name for name in fields if name[:4] == b"err:"]:
+        entry = orjson.loads(fields[name])
+        if type(entry) is not dict:
+            raise ValueError(f"{name.decode(errors='replace')} is not a JSON object")
+        attempt = int(name[4:])
+        entry["attempt"] = attempt  # the field name is the record's word for it
+        entries.append((attempt, entry))
     return [entry for _, entry in sorted(entries, key=lambda pair: pair[0])]
 
 
@@ -128,15 +138,3 @@ def _trace_context(raw: bytes | None) -> dict[str, str] | None:
     if type(headers) is not dict or not all(type(v) is str for v in headers.values()):
         raise ValueError("trace_context is not a JSON object of strings")
     return headers
-
-
-def _instant(raw: bytes) -> datetime:
-    return datetime.fromtimestamp(float(raw), UTC)
-
-
-def _optional_instant(raw: bytes | None) -> datetime | None:
-    return None if raw is None else _instant(raw)
-
-
-def _text(raw: bytes | None) -> str | None:
-    return None if raw is None else raw.decode()

@@ -35,6 +35,7 @@ import orjson
 
 try:
     import redis.asyncio as aioredis
+    from hiredis import pack_command as _hiredis_pack_command
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError, ResponseError
@@ -42,7 +43,9 @@ try:
     from redis.maint_notifications import MaintNotificationsConfig
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("RedisBroker needs redis-py: pip install 'katana-task-queue[redis]'") from exc
+    raise ImportError(
+        "RedisBroker needs redis-py and hiredis: pip install 'katana-task-queue[redis]'"
+    ) from exc
 
 from .._urls import masked_url
 from ..errors import BrokerClosedError, BrokerError, BrokerUnavailableError
@@ -72,6 +75,9 @@ _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 #: the notification connection was down.
 _SAFETY_POLL_SECONDS = 1.0
 _FETCH_LOOP = "katana-redis-fetch"
+#: Claims one process keeps in flight: while Redis runs one, the process runs the tasks the
+#: other brought, so neither waits for the other (each claim is for workers already waiting).
+_FETCHERS = 2
 #: How long close() lets a claim in flight finish before it cancels the fetch loop.
 _CLAIM_GRACE_SECONDS = 2.0
 #: Longest an outcome waits for a claim to carry it before it is written on its own.
@@ -159,6 +165,7 @@ class RedisBroker(AbstractBroker):
             # connections, so the first command after a Redis restart failed.
             maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
+        _pack_scripts_with_hiredis(self._client)
         self._scripts = {name: self._client.register_script(s) for name, s in _SCRIPTS.items()}
         self._closed = False
         self._closing = False
@@ -172,6 +179,12 @@ class RedisBroker(AbstractBroker):
         # The last claim's mode: b"exclusive" (we hold a suspect task, alone) or
         # b"suspect_waiting" (a suspect waits for a consumer that holds nothing).
         self._claim_mode = b""
+        # Claims in flight, the tasks they ask for, and whether one may take a suspect task.
+        self._claims_in_flight = 0
+        self._requested = 0
+        self._exclusive_in_flight = False
+        # Whether the last claim got all it asked for: the queue has a backlog.
+        self._backlog = False
         self._cancel_listeners: list[Callable[[str], None]] = []
         self._demand = asyncio.Event()
         self._wake = asyncio.Event()
@@ -273,11 +286,11 @@ class RedisBroker(AbstractBroker):
         self._wake.set()
         self._held_empty.set()
         pending = {task for task in self._background if not task.done()}
-        fetcher = next((task for task in pending if task.get_name() == _FETCH_LOOP), None)
-        if fetcher is not None:
-            # A claim in flight finishes, so its tasks land in the buffer and are handed back
-            # below, instead of waiting out their lease.
-            await asyncio.wait({fetcher}, timeout=_CLAIM_GRACE_SECONDS)
+        fetchers = {task for task in pending if task.get_name() == _FETCH_LOOP}
+        if fetchers:
+            # Claims in flight finish, so their tasks are handed back at once (no dequeue
+            # waits for them any more), instead of waiting out their lease.
+            await asyncio.wait(fetchers, timeout=_CLAIM_GRACE_SECONDS)
             pending = {task for task in pending if not task.done()}
         while pending:
             for task in pending:
@@ -323,12 +336,15 @@ class RedisBroker(AbstractBroker):
             raise BrokerClosedError(f"{self!r} is closing")
         self._start_consuming()  # the heartbeat must renew whatever this process claims
         if timeout == 0:
-            _, tasks = await self._claim(1)
+            exclusive = not self._held and not self._claims_in_flight
+            _, tasks = await self._claim(1, exclusive=exclusive)
             return tasks[0] if tasks else None
         waiter: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._demand.set()
         try:
+            if timeout is None:  # the worker's call: no timer to arm and disarm per task
+                return await waiter
             async with asyncio.timeout(timeout):
                 return await waiter
         except TimeoutError:
@@ -351,20 +367,24 @@ class RedisBroker(AbstractBroker):
         if self._background:
             return
         self._background = [
-            asyncio.create_task(self._fetch_loop(), name=_FETCH_LOOP),
+            *(asyncio.create_task(self._fetch_loop(), name=_FETCH_LOOP) for _ in range(_FETCHERS)),
             asyncio.create_task(self._heartbeat_loop(), name="katana-redis-heartbeat"),
             asyncio.create_task(self._listen_loop(), name="katana-redis-wake"),
         ]
 
-    async def _claim(self, count: int) -> tuple[float | None, list[Task]]:
-        """Claim up to ``count`` tasks, writing the queued outcomes in the same round trip."""
+    async def _claim(self, count: int, *, exclusive: bool) -> tuple[float | None, list[Task]]:
+        """Claim up to ``count`` tasks, writing the queued outcomes in the same round trip.
+
+        ``exclusive``: this process holds nothing and claims nothing else meanwhile, so the
+        claim may take a suspect task (which then runs alone).
+        """
         batch = self._take_outcomes()
         args: list[Any] = [
             self._now_ms(),
             count,
             int(self.lease_seconds * 1000),
             new_task_id(),
-            0 if self._held else 1,  # holding nothing: may take a suspect task
+            1 if exclusive else 0,
         ]
         for outcome in batch:
             args.extend(outcome.values)
@@ -379,11 +399,16 @@ class RedisBroker(AbstractBroker):
         next_due = float(reply[0]) / 1000 if reply[0] else None
         tasks = []
         for record in reply[4:]:
-            task = await self._decode_claimed(record)
-            if task is not None:
-                self._held[task.id] = task.claim_token or ""
-                self._held_empty.clear()
-                tasks.append(task)
+            fields = dict(zip(record[::2], record[1::2], strict=True))
+            task_id = fields[b"id"].decode(errors="replace")
+            try:
+                task = decode_task(fields, task_id)
+            except MalformedRecordError as exc:
+                await self._quarantine_claimed(task_id, exc)
+                continue
+            self._held[task_id] = task.claim_token or ""
+            self._held_empty.clear()
+            tasks.append(task)
         return next_due, tasks
 
     def _release(self, task_id: str, claim_token: str) -> None:
@@ -393,23 +418,18 @@ class RedisBroker(AbstractBroker):
             if not self._held:
                 self._held_empty.set()
 
-    async def _decode_claimed(self, record: list[bytes]) -> Task | None:
-        fields = dict(zip(record[::2], record[1::2], strict=True))
-        task_id = fields[b"id"].decode(errors="replace")
+    async def _quarantine_claimed(self, task_id: str, exc: MalformedRecordError) -> None:
+        """Move a claimed record that does not decode aside, so that no worker runs it."""
+        logger.error(
+            "task record %s is malformed and was quarantined: %s",
+            task_id,
+            exc,
+            extra={"katana_event": "task_quarantined", "task_id": task_id},
+        )
         try:
-            return decode_task(fields, task_id)
-        except MalformedRecordError as exc:
-            logger.error(
-                "task record %s is malformed and was quarantined: %s",
-                task_id,
-                exc,
-                extra={"katana_event": "task_quarantined", "task_id": task_id},
-            )
-            try:
-                await self._run("quarantine", [self._now_ms(), task_id, f"malformed record: {exc}"])
-            except BrokerError as error:  # its lease expires and the next claim retries this
-                logger.warning("could not quarantine task record %s: %s", task_id, error)
-            return None
+            await self._run("quarantine", [self._now_ms(), task_id, f"malformed record: {exc}"])
+        except BrokerError as error:  # its lease expires and the next claim retries this
+            logger.warning("could not quarantine task record %s: %s", task_id, error)
 
     def _log_quarantined(self, pairs: list[bytes]) -> None:
         """Log what a script moved to quarantine (entry, reason pairs)."""
@@ -434,23 +454,49 @@ class RedisBroker(AbstractBroker):
         self._submit("requeue", task.id, task.claim_token, 0, "", "")
 
     async def _fetch_loop(self) -> None:
-        """Claim tasks for the waiting ``dequeue`` calls, as many per round trip as wait."""
+        """Claim tasks for the waiting ``dequeue`` calls, as many per round trip as wait.
+
+        ``_FETCHERS`` of these run. A claim never asks for more tasks than there are
+        ``dequeue`` calls waiting that no other claim serves, so nothing is claimed ahead.
+        """
         backoff = _BACKOFF_FIRST_SECONDS
         while not self._stopping():
             await self._demand.wait()
             # Workers woken together finish together: let them all ask before claiming.
             await asyncio.sleep(0)
-            wanted = sum(1 for waiter in self._waiters if not waiter.done())
-            if wanted == 0 or self._stopping():
-                self._demand.clear()
+            waiting = sum(1 for waiter in self._waiters if not waiter.done())
+            wanted = waiting - self._requested
+            if wanted <= 0 or self._stopping() or self._exclusive_in_flight:
+                self._demand.clear()  # a claim that returns sets it again
                 continue
-            if self._claim_mode and self._held:
+            if self._claim_mode and (self._held or self._claims_in_flight):
                 # A suspect task runs alone: finish what we hold before claiming more.
-                await self._held_empty.wait()
+                if self._claims_in_flight:
+                    self._demand.clear()
+                else:
+                    await self._held_empty.wait()
                 continue
+            # Alone and idle with a backlog (and not after a suspect), a claim takes half of
+            # what is wanted and leaves the rest to the other fetcher, so that two claims take
+            # turns from then on. Without a backlog one claim serves every waiting worker, as
+            # a new task then needs no second claim beside its own. Only a lone claim may
+            # take a suspect task; two at once never do.
+            exclusive = not self._held and not self._claims_in_flight
+            count = min(wanted, self._claim_batch)
+            if exclusive and count > 1 and self._backlog and not self._claim_mode:
+                exclusive, count = False, (count + 1) // 2
             self._wake.clear()
+            self._claims_in_flight += 1
+            self._requested += count
+            self._exclusive_in_flight = exclusive
             try:
-                next_due, tasks = await self._claim(min(wanted, self._claim_batch))
+                try:
+                    next_due, tasks = await self._claim(count, exclusive=exclusive)
+                finally:
+                    self._claims_in_flight -= 1
+                    self._requested -= count
+                    self._exclusive_in_flight = False
+                    self._demand.set()  # whoever waits for this claim to end looks again
             except Exception as exc:
                 logger.warning(
                     "cannot claim tasks (%s); retrying in %.2fs",
@@ -463,6 +509,7 @@ class RedisBroker(AbstractBroker):
                 backoff = min(backoff * 2, _BACKOFF_MAX_SECONDS)
                 continue
             backoff = _BACKOFF_FIRST_SECONDS
+            self._backlog = len(tasks) >= count
             for task in tasks:
                 self._deliver(task)
             if not tasks:
@@ -896,6 +943,27 @@ class RedisBroker(AbstractBroker):
                 batch = []
         if batch:
             await self._client.unlink(*batch)
+
+
+def _pack_scripts_with_hiredis(client: aioredis.Redis) -> None:
+    """Have ``client`` pack script calls (EVALSHA) with hiredis instead of Python.
+
+    redis-py's asyncio connections pack every command in Python, one argument at a time (its
+    sync connections use hiredis): a claim carrying its outcomes has tens to hundreds of
+    arguments, and packing them cost a worker more CPU than decoding the tasks it got back.
+    Every argument a script gets here is a str, bytes or int, which hiredis packs alike.
+    """
+    pool = client.connection_pool
+    base = pool.connection_class
+    pack = _hiredis_pack_command
+
+    def pack_command(self: Any, *args: Any) -> list[bytes]:
+        if args[0] == "EVALSHA":
+            return [pack(args)]
+        return base.pack_command(self, *args)
+
+    packing = {"pack_command": pack_command}
+    pool.connection_class = type(f"HiredisPacking{base.__name__}", (base,), packing)
 
 
 def _text(value: Any) -> str:

@@ -28,10 +28,13 @@ local MEMBER_HEAD = 33 -- length of '<due>:<seq>:'
 -- What this call quarantined, as entry, reason pairs: scripts return it so the client logs it.
 local quarantined_now = {}
 
+-- redis.call on one of the queue's own keys (its second argument); defined below.
+local queue_call
+
 local function quarantine(entry, reason, now_ms)
-  redis.call('LPUSH', quarantine_key,
+  queue_call('LPUSH', quarantine_key,
     cjson.encode({entry = entry, reason = reason, at_ms = now_ms}))
-  redis.call('LTRIM', quarantine_key, 0, QUARANTINE_KEEP - 1)
+  queue_call('LTRIM', quarantine_key, 0, QUARANTINE_KEEP - 1)
   quarantined_now[#quarantined_now + 1] = entry
   quarantined_now[#quarantined_now + 1] = reason
 end
@@ -51,11 +54,37 @@ local function ensure_type(key, wanted, now_ms)
   end
 end
 
--- Every script writes the quarantine list and may write the counters: repair them first, so
--- that garbage there cannot abort a script halfway through its writes.
-ensure_type(quarantine_key, 'list', tonumber(ARGV[2]))
-ensure_type(counts_key, 'hash', tonumber(ARGV[2]))
-ensure_type(unique_key, 'hash', tonumber(ARGV[2]))
+local QUEUE_KEY_TYPES = {[ready_key] = 'zset', [delayed_key] = 'zset', [processing_key] = 'zset',
+  [counts_key] = 'hash', [unique_key] = 'hash', [quarantine_key] = 'list', [all_key] = 'zset',
+  [prefix .. ':finished:COMPLETED'] = 'zset', [prefix .. ':finished:FAILED'] = 'zset',
+  [prefix .. ':finished:CANCELLED'] = 'zset', [prefix .. ':finished:DEAD'] = 'zset'}
+
+-- A command on one of the queue's own keys that repairs the key if garbage gave it the wrong
+-- Redis type: Redis refuses such a command before it writes anything, so the key is moved
+-- aside (ensure_type) and the command run again, and the script goes on as if the key had
+-- been checked up front. claim.lua and finish.lua rely on this instead of a TYPE per key per
+-- call, so the hot path pays nothing for keys that are fine.
+queue_call = function(command, key, ...)
+  local reply = redis.pcall(command, key, ...)
+  if type(reply) == 'table' and reply.err then
+    local wanted = QUEUE_KEY_TYPES[key]
+    if wanted and string.find(reply.err, 'WRONGTYPE', 1, true) then
+      ensure_type(key, wanted, tonumber(ARGV[2]))
+      return redis.call(command, key, ...)
+    end
+    error(reply)
+  end
+  return reply
+end
+
+-- The other scripts write the quarantine list and may write the counters and unique keys
+-- with plain redis.call: they repair those keys first, so that garbage there cannot abort
+-- them halfway through their writes.
+local function ensure_queue_types(now_ms)
+  ensure_type(quarantine_key, 'list', now_ms)
+  ensure_type(counts_key, 'hash', now_ms)
+  ensure_type(unique_key, 'hash', now_ms)
+end
 
 -- The task's record, or nil (and the entry quarantined) when it is missing or not a hash.
 local function task_record(id, entry, now_ms)
@@ -80,47 +109,47 @@ local function place(key, id, priority, due_ms, now_ms)
     local seq = redis.call('INCR', prefix .. ':seq')
     local member = ready_member(due_ms, seq, id)
     redis.call('HSET', key, 'member', member)
-    redis.call('ZADD', ready_key, priority, member)
+    queue_call('ZADD', ready_key, priority, member)
   else
     redis.call('HDEL', key, 'member')
-    redis.call('ZADD', delayed_key, due_ms, id)
+    queue_call('ZADD', delayed_key, due_ms, id)
   end
 end
 
--- Take a task out of whichever queue structure holds it.
-local function unplace(key, id)
-  local member = redis.call('HGET', key, 'member')
+-- Take a task out of whichever queue structure holds it. `member` is its ready entry (false
+-- for none) when the caller has read it already.
+local function unplace(key, id, member)
+  if member == nil then
+    member = redis.call('HGET', key, 'member')
+  end
   if member then
-    redis.call('ZREM', ready_key, member)
+    queue_call('ZREM', ready_key, member)
     redis.call('HDEL', key, 'member')
   end
-  redis.call('ZREM', delayed_key, id)
-  redis.call('ZREM', processing_key, id)
+  queue_call('ZREM', delayed_key, id)
+  queue_call('ZREM', processing_key, id)
 end
 
 local TERMINAL = {COMPLETED = true, FAILED = true, CANCELLED = true, DEAD = true}
 
 -- Keep the per-status counters of terminal states in step with a status change of the task
--- stored at `key`; a task that finishes gives up its unique key.
-local function count_transition(key, old_status, new_status)
+-- stored at `key`; a task that finishes gives up its unique key (`unique`: the record's
+-- unique_key, false for none, when the caller has read it already).
+local function count_transition(key, old_status, new_status, unique)
   local id = string.sub(key, #prefix + 7)
   if old_status and TERMINAL[old_status] then
-    redis.call('HINCRBY', counts_key, old_status, -1)
-    redis.pcall('ZREM', prefix .. ':finished:' .. old_status, id) -- garbage there: see below
+    queue_call('HINCRBY', counts_key, old_status, -1)
+    queue_call('ZREM', prefix .. ':finished:' .. old_status, id)
   end
   if TERMINAL[new_status] then
-    redis.call('HINCRBY', counts_key, new_status, 1)
-    -- Listing finished tasks by status, newest first, reads these sets. Garbage of another
-    -- type there is moved aside only when it gets in the way: no TYPE call on the hot path.
-    local finished = prefix .. ':finished:' .. new_status
-    local added = redis.pcall('ZADD', finished, tonumber(ARGV[2]), id)
-    if type(added) == 'table' and added.err then
-      ensure_type(finished, 'zset', tonumber(ARGV[2]))
-      redis.call('ZADD', finished, tonumber(ARGV[2]), id)
+    queue_call('HINCRBY', counts_key, new_status, 1)
+    -- Listing finished tasks by status, newest first, reads these sets.
+    queue_call('ZADD', prefix .. ':finished:' .. new_status, tonumber(ARGV[2]), id)
+    if unique == nil then
+      unique = redis.call('HGET', key, 'unique_key')
     end
-    local unique = redis.call('HGET', key, 'unique_key')
-    if unique and redis.call('HGET', unique_key, unique) == id then
-      redis.call('HDEL', unique_key, unique)
+    if unique and queue_call('HGET', unique_key, unique) == id then
+      queue_call('HDEL', unique_key, unique)
     end
   end
 end
@@ -138,50 +167,105 @@ local function apply_outcomes(first, last, now_ms)
   local now_s = string.format('%.6f', now_ms / 1000)
   local codes = {}
   local requeued = 0
+  -- A checked outcome ends a PROCESSING task: its ZREM from the processing set and, when it
+  -- finishes, its counter and finished-set entry are written once per call, not per task.
+  local released, finished, finished_n = {}, {}, 0
+  local function write_batched()
+    for first_id = 1, #released, 1000 do  -- in slices: unpack is bounded by Lua's stack
+      queue_call('ZREM', processing_key,
+        unpack(released, first_id, math.min(first_id + 999, #released)))
+    end
+    released = {}
+    for new_status, entries in pairs(finished) do
+      queue_call('HINCRBY', counts_key, new_status, #entries / 2)
+      for first_entry = 1, #entries, 1000 do
+        queue_call('ZADD', prefix .. ':finished:' .. new_status,
+          unpack(entries, first_entry, math.min(first_entry + 999, #entries)))
+      end
+    end
+    finished, finished_n = {}, 0
+  end
+  -- count_transition, batched for a checked outcome (old status PROCESSING, never terminal).
+  local function transition(checked, key, id, old_status, new_status, unique)
+    if not checked then
+      count_transition(key, old_status, new_status, unique)
+      return
+    end
+    if not TERMINAL[new_status] then
+      return
+    end
+    local entries = finished[new_status]
+    if not entries then
+      entries = {}
+      finished[new_status] = entries
+    end
+    entries[#entries + 1] = tonumber(ARGV[2])
+    entries[#entries + 1] = id
+    finished_n = finished_n + 1
+    if unique and queue_call('HGET', unique_key, unique) == id then
+      queue_call('HDEL', unique_key, unique)
+    end
+  end
   for base = first, last, 6 do
     local op, id, token = ARGV[base], ARGV[base + 1], ARGV[base + 2]
     local key = task_key(id)
     local code = 1
-    if redis.call('TYPE', key).ok ~= 'hash' then
+    if token == '' and (#released > 0 or finished_n > 0) then
+      write_batched()  -- an unchecked outcome may touch what the batch holds: settle it first
+    end
+    -- One read for what every outcome needs (this runs once per finished task). A key of
+    -- another Redis type (garbage) fails this read, before anything is written: unknown.
+    local row = redis.pcall('HMGET', key, 'status', 'claim_token', 'member', 'cancel_requested',
+      'unique_key')
+    local status = row[1]
+    if row.err or (not status and redis.call('EXISTS', key) == 0) then
       code = -1
     else
-      local status = redis.call('HGET', key, 'status')
-      if token ~= '' and (status ~= 'PROCESSING' or
-          redis.call('HGET', key, 'claim_token') ~= token) then
+      if token ~= '' and (status ~= 'PROCESSING' or row[2] ~= token) then
         code = 0
       else
-        unplace(key, id)
-        redis.call('HDEL', key, 'claim_token')
-        if op == 'requeue' and redis.call('HGET', key, 'cancel_requested') then
+        local checked = token ~= ''
+        if checked then
+          -- Claimed, so in no queue structure but the processing set: it leaves that with
+          -- the others of this call. (A ready entry would be garbage: removed all the same.)
+          if row[3] then
+            queue_call('ZREM', ready_key, row[3])
+            redis.call('HDEL', key, 'member')
+          end
+          released[#released + 1] = id
+        else
+          unplace(key, id, row[3])
+        end
+        if op == 'requeue' and row[4] then
           op = 'cancel'  -- cancelled while it ran: it does not run again
         end
-        if op ~= 'requeue' then
-          redis.call('HDEL', key, 'cancel_requested')
-        end
         if op == 'complete' then
-          count_transition(key, status, 'COMPLETED')
-          redis.call('HSET', key, 'status', 'COMPLETED', 'finished_at', now_s)
-          redis.call('HDEL', key, 'error', 'traceback')
+          transition(checked, key, id, status, 'COMPLETED', row[5])
           if ARGV[base + 3] ~= '' then
-            redis.call('HSET', key, 'result', ARGV[base + 3])
+            redis.call('HSET', key, 'status', 'COMPLETED', 'finished_at', now_s,
+              'result', ARGV[base + 3])
+            redis.call('HDEL', key, 'claim_token', 'cancel_requested', 'error', 'traceback')
           else
-            redis.call('HDEL', key, 'result')
+            redis.call('HSET', key, 'status', 'COMPLETED', 'finished_at', now_s)
+            redis.call('HDEL', key, 'claim_token', 'cancel_requested', 'error', 'traceback',
+              'result')
           end
         elseif op == 'cancel' then
-          count_transition(key, status, 'CANCELLED')
+          transition(checked, key, id, status, 'CANCELLED', row[5])
           redis.call('HSET', key, 'status', 'CANCELLED', 'finished_at', now_s)
-          redis.call('HDEL', key, 'cancel_requested')
+          redis.call('HDEL', key, 'claim_token', 'cancel_requested')
         elseif op == 'fail' then
-          count_transition(key, status, 'FAILED')
+          transition(checked, key, id, status, 'FAILED', row[5])
           redis.call('HSET', key, 'status', 'FAILED', 'finished_at', now_s,
             'error', ARGV[base + 3], 'traceback', ARGV[base + 4],
             'err:' .. (redis.call('HGET', key, 'attempts') or '0'), ARGV[base + 5])
+          redis.call('HDEL', key, 'claim_token', 'cancel_requested')
         else
-          count_transition(key, status, 'PENDING')
+          transition(checked, key, id, status, 'PENDING', row[5])
           local due_ms = now_ms + tonumber(ARGV[base + 3])
           redis.call('HSET', key, 'status', 'PENDING',
             'scheduled_at', string.format('%.6f', due_ms / 1000))
-          redis.call('HDEL', key, 'finished_at')
+          redis.call('HDEL', key, 'claim_token', 'finished_at')
           if ARGV[base + 5] ~= '' then
             redis.call('HSET', key, 'error', ARGV[base + 4],
               'err:' .. (redis.call('HGET', key, 'attempts') or '0'), ARGV[base + 5])
@@ -193,6 +277,7 @@ local function apply_outcomes(first, last, now_ms)
     end
     codes[#codes + 1] = code
   end
+  write_batched()
   if requeued > 0 then
     redis.call('PUBLISH', wake_channel, requeued)
   end

@@ -1,6 +1,7 @@
 -- Cancel a task. ARGV: prefix, now_ms, id. A PENDING task (due or delayed) is CANCELLED at
 -- once (returns 1); for a PROCESSING one the cancellation is requested and the processes
 -- running tasks of this queue are told (returns 2); anything else is left alone (returns 0).
+ensure_queue_types(tonumber(ARGV[2]))
 local now_ms = tonumber(ARGV[2])
 local id = ARGV[3]
 local key = task_key(id)

@@ -15,16 +15,13 @@ local token_base = ARGV[5]
 local exclusive = ARGV[6] == '1'
 local mode = ''
 local now_s = string.format('%.6f', now_ms / 1000)
-ensure_type(ready_key, 'zset', now_ms)
-ensure_type(delayed_key, 'zset', now_ms)
-ensure_type(processing_key, 'zset', now_ms)
 local codes = apply_outcomes(7, #ARGV, now_ms)
 
 -- Delayed tasks that came due join the ready set, ordered by their due time.
-local due = redis.call('ZRANGEBYSCORE', delayed_key, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, 1000)
+local due = queue_call('ZRANGEBYSCORE', delayed_key, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, 1000)
 for i = 1, #due, 2 do
   local id = due[i]
-  redis.call('ZREM', delayed_key, id)
+  queue_call('ZREM', delayed_key, id)
   local key = task_record(id, id, now_ms)
   if key and redis.call('HGET', key, 'status') == 'PENDING' then
     local priority = tonumber(redis.call('HGET', key, 'priority'))
@@ -41,6 +38,8 @@ local claimed = {}
 local n = 0
 -- A paused queue still takes outcomes but hands out nothing; resuming publishes a wake-up.
 local paused = redis.call('EXISTS', prefix .. ':paused') == 1
+-- Lease deadline, id pairs of the claimed tasks: one ZADD to the processing set at the end.
+local leases = {}
 
 -- Claim one popped ready entry, quarantine it, or give it back; updates n and mode.
 local function take(member, score)
@@ -50,31 +49,37 @@ local function take(member, score)
     quarantine(member, 'malformed ready entry', now_ms)
     return
   end
-  local key = task_record(id, member, now_ms)
-  if not key then
-    return
+  local key = task_key(id)
+  -- One read for the fields every claim checks. A missing record, or garbage of another Redis
+  -- type under its key, fails it before anything is written; task_record quarantines those.
+  local row = redis.pcall('HMGET', key, 'status', 'member', 'suspect', 'attempts', 'deliveries')
+  if row.err or not row[1] then
+    if not task_record(id, member, now_ms) then
+      return
+    end
+    row = {false}  -- a hash without a status: quarantined just below
   end
-  local status = redis.call('HGET', key, 'status')
+  local status = row[1]
   if not STATUSES[status] then
     redis.call('RENAME', key, key .. ':quarantined')
     quarantine(id, 'task record has an unknown status: ' .. tostring(status), now_ms)
     return
   end
-  if status ~= 'PENDING' or redis.call('HGET', key, 'member') ~= member then
+  if status ~= 'PENDING' or row[2] ~= member then
     -- Every transition out of PENDING removes the ready entry, so this one is stray.
     quarantine(member, 'stray ready entry for a task in status ' .. status, now_ms)
     return
   end
-  if redis.call('HGET', key, 'suspect') then
+  if row[3] then
     if not (exclusive and n == 0) then
-      redis.call('ZADD', ready_key, score, member)
+      queue_call('ZADD', ready_key, score, member)
       mode = 'suspect_waiting'
       return
     end
     mode = 'exclusive'
   end
-  local attempts = tonumber(redis.call('HGET', key, 'attempts') or '0')
-  local deliveries = tonumber(redis.call('HGET', key, 'deliveries') or '0')
+  local attempts = tonumber(row[4] or '0')
+  local deliveries = tonumber(row[5] or '0')
   if not attempts or not deliveries then
     redis.call('RENAME', key, key .. ':quarantined')
     quarantine(id, 'task record has a non-numeric attempts or deliveries field', now_ms)
@@ -85,7 +90,8 @@ local function take(member, score)
     'claim_token', token_base .. ':' .. n, 'attempts', attempts + 1,
     'deliveries', deliveries + 1)
   redis.call('HDEL', key, 'finished_at', 'member')
-  redis.call('ZADD', processing_key, now_ms + lease_ms, id)
+  leases[#leases + 1] = now_ms + lease_ms
+  leases[#leases + 1] = id
   local record = redis.call('HGETALL', key)
   record[#record + 1] = 'id'
   record[#record + 1] = id
@@ -93,7 +99,7 @@ local function take(member, score)
 end
 
 while not paused and n < count and mode == '' do
-  local popped = redis.call('ZPOPMIN', ready_key, count - n)
+  local popped = queue_call('ZPOPMIN', ready_key, count - n)
   if #popped == 0 then
     break
   end
@@ -101,12 +107,16 @@ while not paused and n < count and mode == '' do
     if mode == '' then
       take(popped[i], popped[i + 1])
     else
-      redis.call('ZADD', ready_key, popped[i + 1], popped[i])  -- stopped: give the rest back
+      queue_call('ZADD', ready_key, popped[i + 1], popped[i])  -- stopped: give the rest back
     end
   end
 end
 
-local next_due = paused and {} or redis.call('ZRANGE', delayed_key, 0, 0, 'WITHSCORES')
+for first = 1, #leases, 1000 do  -- in slices: unpack is bounded by Lua's stack
+  queue_call('ZADD', processing_key, unpack(leases, first, math.min(first + 999, #leases)))
+end
+
+local next_due = paused and {} or queue_call('ZRANGE', delayed_key, 0, 0, 'WITHSCORES')
 local result = {next_due[2] or '', codes, quarantined_now, mode}
 for i = 1, #claimed do
   result[i + 4] = claimed[i]

@@ -1,5 +1,6 @@
 -- Delete a finished task for good. ARGV: prefix, now_ms, id. Returns 1, 0 when the task is
 -- not in a final status (it is left alone), -1 for an unknown task.
+ensure_queue_types(tonumber(ARGV[2]))
 local id = ARGV[3]
 local key = task_key(id)
 if redis.call('TYPE', key).ok ~= 'hash' then

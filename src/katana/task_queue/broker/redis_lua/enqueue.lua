@@ -4,6 +4,7 @@
 -- unique_key ('' for none), trace_context (JSON object of trace headers, '' for none).
 -- Returns {quarantined entry/reason pairs, one value per task: '' when stored, or the id of
 -- the PENDING or PROCESSING task that holds its unique key (then nothing was stored)}.
+ensure_queue_types(tonumber(ARGV[2]))
 local now_ms = tonumber(ARGV[2])
 ensure_type(ready_key, 'zset', now_ms)
 ensure_type(delayed_key, 'zset', now_ms)

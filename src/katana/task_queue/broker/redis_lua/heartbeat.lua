@@ -4,6 +4,7 @@
 -- claim_token.
 -- Returns {lost ids, requeued count, quarantined entry/reason pairs, dead ids, ids of held
 -- tasks whose cancellation was requested}.
+ensure_queue_types(tonumber(ARGV[2]))
 local now_ms = tonumber(ARGV[2])
 local lease_ms = tonumber(ARGV[3])
 local max_deliveries = tonumber(ARGV[4])

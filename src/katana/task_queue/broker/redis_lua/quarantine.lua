@@ -1,5 +1,6 @@
 -- Move a task whose record cannot be decoded out of the queue. ARGV: prefix, now_ms, id,
 -- reason. The record is renamed aside and a note goes to the quarantine list.
+ensure_queue_types(tonumber(ARGV[2]))
 local now_ms = tonumber(ARGV[2])
 local id, reason = ARGV[3], ARGV[4]
 local key = task_key(id)

@@ -1,5 +1,6 @@
 -- The seed's update_task_status as one step. ARGV: prefix, now_ms, id, status, lease_ms.
 -- Returns 1, or -1 for an unknown task.
+ensure_queue_types(tonumber(ARGV[2]))
 local now_ms = tonumber(ARGV[2])
 local id, status = ARGV[3], ARGV[4]
 local key = task_key(id)
