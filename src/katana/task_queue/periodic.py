@@ -233,13 +233,20 @@ class Scheduler:
             for job in list(self._jobs.values()):
                 if job.next_slot is not None and job.next_slot <= now:
                     failed = not await self._fire_latest(job, now) or failed
+            # A failed job's slot stays due: it is tried again after the backoff, or sooner
+            # if another job's slot comes first.
+            slots = [
+                slot
+                for job in self._jobs.values()
+                if (slot := job.next_slot) is not None and slot > now
+            ]
+            delay = (min(slots) - now).total_seconds() if slots else None
             if failed:
-                await self._sleep(retry)
+                delay = retry if delay is None else min(delay, retry)
                 retry = min(retry * 2, _RETRY_MAX_SECONDS)
-                continue
-            retry = _RETRY_FIRST_SECONDS
-            slots = [job.next_slot for job in self._jobs.values() if job.next_slot is not None]
-            await self._sleep((min(slots) - now).total_seconds() if slots else None)
+            else:
+                retry = _RETRY_FIRST_SECONDS
+            await self._sleep(delay)
 
     async def _fire_latest(self, job: _Job, now: datetime) -> bool:
         """Fire the latest slot of ``job`` at or before ``now``; ``False`` to try again later."""
