@@ -123,6 +123,32 @@ class TestInMemoryBrokerWithAFakeClock:
         assert again is not None
         assert (again.id, again.attempts) == (claimed.id, 2)
 
+    async def test_a_claimed_slot_is_free_again_exactly_when_its_ttl_passed_on_the_clock(
+        self, broker: InMemoryBroker, clock: FakeClock
+    ) -> None:
+        assert await broker.claim_slot("periodic:report:1", 60)
+
+        clock.advance(59.999)
+        assert not await broker.claim_slot("periodic:report:1", 60)
+        clock.advance(0.001)
+        assert await broker.claim_slot("periodic:report:1", 60)
+
+    async def test_expired_slots_are_dropped_as_new_ones_come(
+        self, broker: InMemoryBroker, clock: FakeClock
+    ) -> None:
+        for slot in range(1500):
+            assert await broker.claim_slot(f"periodic:tick:{slot}", 1)
+            clock.advance(0.1)
+
+        # Only the keys of the last second or so are left, plus what came since the sweep.
+        assert len(broker._slots) <= 1010
+
+    async def test_claim_slot_rejects_a_ttl_that_is_not_positive(
+        self, broker: InMemoryBroker
+    ) -> None:
+        with pytest.raises(ValueError, match="ttl_seconds"):
+            await broker.claim_slot("k", 0)
+
 
 async def test_a_result_that_is_not_json_changes_nothing() -> None:
     async with InMemoryBroker() as broker:

@@ -15,6 +15,7 @@ from .errors import (
     UnknownTaskError,
 )
 from .models import TERMINAL_STATUSES, Task, TaskExecutor, TaskStatus
+from .periodic import PeriodicJob
 from .service import ServiceState, TaskQueueService
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "InMemoryBroker",
     "InvalidTaskError",
     "KatanaError",
+    "PeriodicJob",
     "ServiceState",
     "ServiceStateError",
     "Task",

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -22,8 +23,15 @@ from ._validation import (
     detached_payload,
 )
 from ._worker import Worker
-from .errors import ServiceStateError, TaskCancelledError, TaskFailedError, UnknownTaskError
+from .errors import (
+    InvalidTaskError,
+    ServiceStateError,
+    TaskCancelledError,
+    TaskFailedError,
+    UnknownTaskError,
+)
 from .models import Task, TaskExecutor, TaskStatus, new_pending_task, utcnow
+from .periodic import MAX_JOB_KEY_LENGTH, PeriodicJob, Schedule, Scheduler, _Job
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -78,6 +86,7 @@ class TaskQueueService:
         self._processed = 0
         self._task_done = asyncio.Event()
         self._presence: Presence | None = None
+        self._scheduler = Scheduler(broker, self._fire_periodic, clock or time.time)
 
     @property
     def state(self) -> ServiceState:
@@ -215,6 +224,80 @@ class TaskQueueService:
             timeout_seconds,
         )
 
+    def add_periodic(
+        self,
+        name: str,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        payload: dict[str, Any] | None = None,
+        priority: int = 0,
+        max_retries: int | None = None,
+        timeout_seconds: float | None = None,
+        key: str | None = None,
+    ) -> PeriodicJob:
+        """Create task ``name`` on a schedule: ``cron`` (UTC) or ``every`` (an interval).
+
+        ``every`` slots are multiples of the interval since the Unix epoch (``every=60``: each
+        minute on the minute), so every process agrees on them. The workers' processes
+        (``start_workers``) run the schedule; each slot creates one task however many of them
+        share the broker, with the unique key ``periodic:<key>:<slot as ISO 8601>``. A job
+        fires first at its first slot after the workers start, and a process that fell behind
+        fires only the latest slot it missed. ``key`` (default: ``name``) tells apart two jobs
+        of one task; the other arguments are those of ``add_task``.
+
+        Raises:
+            UnknownTaskError: no executor is registered under ``name`` (a ``ValueError``).
+            InvalidTaskError: not exactly one of ``cron`` and ``every``, a bad cron
+                expression, an interval that is not positive, another invalid argument, or a
+                ``key`` already used (a ``ValueError``).
+        """
+        if self._state in (ServiceState.STOPPING, ServiceState.STOPPED):
+            raise ServiceStateError(
+                f"cannot add a periodic task: the service is {self._state.value}"
+            )
+        # A task built now and thrown away checks the name, payload, priority and overrides.
+        self._new_task(name, payload, priority, 0, max_retries, timeout_seconds)
+        schedule = Schedule(cron=cron, every=every)
+        job_key = name if key is None else check_unique_key(key)
+        if len(job_key) > MAX_JOB_KEY_LENGTH:
+            raise InvalidTaskError(
+                f"a periodic job key has at most {MAX_JOB_KEY_LENGTH} characters, got {key!r:.80}"
+            )
+        job = _Job(
+            job_key,
+            name,
+            schedule,
+            detached_payload(payload),
+            priority,
+            max_retries,
+            timeout_seconds,
+        )
+        self._scheduler.add(job)
+        logger.info(
+            "periodic job %s: task %s, %s",
+            job_key,
+            name,
+            schedule,
+            extra={"katana_event": "periodic_added", "periodic_job": job_key},
+        )
+        return next(view for view in self._scheduler.jobs() if view.key == job_key)
+
+    @property
+    def periodic_jobs(self) -> list[PeriodicJob]:
+        """The periodic jobs (``add_periodic``) by key: task name, schedule and next run."""
+        return self._scheduler.jobs()
+
+    async def _fire_periodic(self, job: _Job, slot_key: str) -> None:
+        await self.add_task(
+            job.name,
+            job.payload,
+            job.priority,
+            max_retries=job.max_retries,
+            timeout_seconds=job.timeout_seconds,
+            unique_key=slot_key,
+        )
+
     async def wait_for(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait until the task finishes and return its result.
 
@@ -291,6 +374,7 @@ class TaskQueueService:
             raise ServiceStateError(f"cannot start workers: the service is {self._state.value}")
         if self._state is ServiceState.CREATED:
             self.broker.add_cancel_listener(self._cancel_running)
+            self._scheduler.start()
         self._state = ServiceState.RUNNING
         started = []
         for _ in range(num_workers):
@@ -342,7 +426,7 @@ class TaskQueueService:
             self._task_done.set()
 
     async def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop the workers; idempotent.
+        """Stop the periodic scheduler and the workers; idempotent.
 
         Workers waiting for work stop at once. Running tasks get ``timeout`` seconds to finish;
         those still running then are interrupted and handed back to the queue as PENDING, so
@@ -352,6 +436,7 @@ class TaskQueueService:
             await asyncio.gather(*self._worker_tasks, return_exceptions=True)
             return
         self._state = ServiceState.STOPPING
+        await self._scheduler.stop()
         busy = sum(1 for worker in self._workers if not worker.idle)
         logger.info(
             "shutting down: %d workers busy, grace period %.1fs",

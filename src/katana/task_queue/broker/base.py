@@ -256,3 +256,13 @@ class AbstractBroker(ABC):
     @abstractmethod
     async def count_by_status(self) -> dict[TaskStatus, int]:
         """How many stored tasks are in each status (every status is a key)."""
+
+    @abstractmethod
+    async def claim_slot(self, key: str, ttl_seconds: float) -> bool:
+        """Take ``key`` for ``ttl_seconds`` in one atomic step; ``True`` only for the first caller.
+
+        Every broker sharing the queue sees the same keys: of any number of processes calling
+        this with one key, one gets ``True`` and the others ``False`` until the key expires,
+        after which it can be taken again. Keys are independent of each other and of tasks.
+        The periodic scheduler takes one key per (job, slot), so each slot fires once.
+        """

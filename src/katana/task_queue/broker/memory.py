@@ -29,6 +29,8 @@ __all__ = ["InMemoryBroker"]
 #: Due times are datetimes, kept to the microsecond: one rounded up by less than that from
 #: the clock's float is due. (A real clock has moved on by then; a fake one may not have.)
 _DATETIME_RESOLUTION = 1e-6
+#: How many claim_slot keys the broker keeps before it looks for expired ones to drop.
+_SLOT_SWEEP_SIZE = 1000
 _UNFINISHED = frozenset({TaskStatus.PENDING, TaskStatus.PROCESSING})
 _ReadyEntry = tuple[int, float, int, str]  # (priority, due timestamp, sequence, task id)
 _DelayedEntry = tuple[float, int, int, str]  # (due timestamp, sequence, priority, task id)
@@ -85,6 +87,8 @@ class InMemoryBroker(AbstractBroker):
         self._settled: dict[bool, asyncio.Future[bool]] = {}
         self._paused = False
         self._workers: dict[str, WorkerInfo] = {}
+        # claim_slot key -> when it expires (on this broker's clock).
+        self._slots: dict[str, float] = {}
 
     async def close(self) -> None:
         self._closed = True
@@ -571,6 +575,18 @@ class InMemoryBroker(AbstractBroker):
     async def count_by_status(self) -> dict[TaskStatus, int]:
         self._ensure_open()
         return dict(self._status_counts)
+
+    async def claim_slot(self, key: str, ttl_seconds: float) -> bool:
+        self._ensure_open()
+        if not ttl_seconds > 0:
+            raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
+        now = self._clock()
+        if len(self._slots) > _SLOT_SWEEP_SIZE:  # drop expired keys now and then
+            self._slots = {slot: until for slot, until in self._slots.items() if until > now}
+        if self._slots.get(key, now) > now:
+            return False
+        self._slots[key] = now + ttl_seconds
+        return True
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

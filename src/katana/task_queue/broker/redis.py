@@ -913,6 +913,19 @@ class RedisBroker(AbstractBroker):
                 counts[TaskStatus(raw_status.decode())] = int(raw_count)
         return counts
 
+    async def claim_slot(self, key: str, ttl_seconds: float) -> bool:
+        # ``...:slot:<key>``, one per periodic slot: SET NX PX is atomic on its own (the first
+        # SET wins), and Redis expires the key, so no Lua script is needed.
+        self._ensure_open()
+        if not ttl_seconds > 0:
+            raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
+        ttl_ms = max(1, round(ttl_seconds * 1000))
+        try:
+            won = await self._client.set(f"{self.prefix}:slot:{key}", b"1", nx=True, px=ttl_ms)
+        except (RedisError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+        return bool(won)
+
     async def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest entries moved to quarantine, each with the entry, reason and time."""
         self._ensure_open()

@@ -32,6 +32,7 @@ pytest.register_assert_rewrite(
     f"{__name__}._lifecycle",
     f"{__name__}._management",
     f"{__name__}._queueing",
+    f"{__name__}._slots",
     f"{__name__}._storage",
     f"{__name__}._support",
 )
@@ -40,20 +41,23 @@ from ._clock import FakeClock  # noqa: E402  # after the rewrite registration ab
 from ._lifecycle import LifecycleContract  # noqa: E402  # after the rewrite registration above
 from ._management import ManagementContract  # noqa: E402  # after the rewrite registration above
 from ._queueing import QueueingContract  # noqa: E402  # after the rewrite registration above
+from ._slots import SlotContract  # noqa: E402  # after the rewrite registration above
 from ._storage import StorageContract  # noqa: E402  # after the rewrite registration above
 
 __all__ = ["BrokerContract", "FakeClock"]
 
 
-class BrokerContract(StorageContract, QueueingContract, LifecycleContract, ManagementContract):
+class BrokerContract(
+    StorageContract, QueueingContract, LifecycleContract, ManagementContract, SlotContract
+):
     """The broker conformance suite: a class of async pytest tests over a ``broker`` fixture.
 
     It pins what the ``AbstractBroker`` docstrings promise: payloads round-trip; the ordering
     contract (lowest priority number, then due time, then first in first out, and nothing
     before it is due); ``dequeue`` waits without polling, wakes for new and newly due tasks,
     and hands each task to exactly one consumer; claims are fenced by ``claim_token``; every
-    transition shows in ``get_task``; returned tasks are copies; ``close()`` is idempotent and
-    ends all use.
+    transition shows in ``get_task``; returned tasks are copies; ``claim_slot`` lets exactly one
+    caller take a key until it expires; ``close()`` is idempotent and ends all use.
     """
 
     # Marked here, not only through asyncio_mode = "auto", so the suite also runs in projects
