@@ -68,7 +68,10 @@ async def test_a_cli_worker_serves_its_counters_and_the_queues_gauges(
                 return scraped.get(completed) == len(done) and scraped.get(failed) == 1
 
             await wait_until(all_counted, 30, "the worker's metrics to count every task")
+            # The queue is still now: a fresh scrape's gauges are read after the last finish.
             counts = await broker.count_by_status()
+            async with httpx.AsyncClient() as client:
+                scraped = samples((await client.get(url)).text)
         finally:
             workers.stop_all()
             await broker.purge()
