@@ -35,7 +35,6 @@ import logging
 import math
 import os
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import datetime  # pydantic evaluates field annotations at runtime
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
@@ -51,7 +50,7 @@ from katana.task_queue.management import QueueManager
 from katana.task_queue.metrics import KatanaMetrics
 from katana.task_queue.models import TaskStatus  # needed by pydantic at runtime
 from katana.task_queue.service import ServiceState, TaskQueueService
-from katana.task_queue.web import katana_router
+from katana.task_queue.web import TaskOut, katana_router
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -241,40 +240,6 @@ class AddTaskResponse(BaseModel):
     status: TaskStatus
 
 
-class TaskResponse(BaseModel):
-    """A task as the broker has it now; times are ISO 8601 in UTC."""
-
-    id: str
-    name: str
-    status: TaskStatus
-    priority: int
-    payload: dict[str, Any]
-    attempts: int
-    result: Any
-    error: str | None
-    created_at: datetime
-    scheduled_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    @classmethod
-    def from_task(cls, task: Task) -> TaskResponse:
-        return cls(
-            id=task.id,
-            name=task.name,
-            status=task.status,
-            priority=task.priority,
-            payload=task.payload,
-            attempts=task.attempts,
-            result=task.result,
-            error=task.error,
-            created_at=task.created_at,
-            scheduled_at=task.scheduled_at,
-            started_at=task.started_at,
-            finished_at=task.finished_at,
-        )
-
-
 class HealthResponse(BaseModel):
     status: str
     service_state: str
@@ -310,11 +275,11 @@ def _router() -> APIRouter:
         return AddTaskResponse(task_id=task.id, status=task.status)
 
     @router.get("/tasks/{task_id}", responses={404: {"description": "No task has this id."}})
-    async def get_task(task_id: str, service: Service) -> TaskResponse:
+    async def get_task(task_id: str, service: Service) -> TaskOut:
         task = await service.get_task(task_id)
         if task is None:
             raise HTTPException(404, f"no task with id {task_id!r}")
-        return TaskResponse.from_task(task)
+        return TaskOut.of(task)
 
     @router.get(
         "/health",

@@ -27,11 +27,12 @@ from ..management import QueueManager
 from ..metrics import KatanaMetrics
 from . import _api, _dashboard, _metrics_route
 from ._deps import CSRF_HEADER, Dependencies, ManagerSource, WebSettings
+from ._schemas import TaskOut
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["CSRF_HEADER", "katana_router"]
+__all__ = ["CSRF_HEADER", "TaskOut", "katana_router"]
 
 
 def katana_router(
