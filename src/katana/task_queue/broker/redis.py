@@ -50,13 +50,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .._urls import masked_url
 from ..errors import BrokerClosedError, BrokerError, BrokerUnavailableError
 from ..listing import FILTER_SCAN_LIMIT, TaskPage, WorkerInfo, check_page
-from ..models import Task, TaskStatus, attempt_error, new_task_id
+from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error, new_task_id
 from ._redis_codec import (
     ENQUEUE_VALUES_PER_TASK,
     MalformedRecordError,
     decode_task,
     encode_new_task,
 )
+from ._redis_finish_watch import FinishWatch
 from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
 
 if TYPE_CHECKING:
@@ -192,6 +193,7 @@ class RedisBroker(AbstractBroker):
         if add_listener is not None:  # a testing.FakeClock: look again when it moves
             add_listener(self._wake.set)
         self._background: list[asyncio.Task[None]] = []
+        self._finish_watch = FinishWatch(self._client, f"{self.prefix}:finished")
         # Outcomes waiting to be written in one round trip.
         # Outcomes waiting to be written: they go with the next claim, or else with the next
         # flush, one loop turn after they were recorded.
@@ -263,6 +265,7 @@ class RedisBroker(AbstractBroker):
         if self._closed:
             return
         await self._stop_background()
+        await self._finish_watch.close()
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -785,6 +788,24 @@ class RedisBroker(AbstractBroker):
         except MalformedRecordError as exc:
             logger.warning("task record %s is malformed: %s", task_id, exc)
             return None
+
+    async def wait_finished(self, task_id: str, timeout: float | None = None) -> Task | None:
+        """Woken by the scripts' message on ``<prefix>:finished``; looks again every second."""
+        self._ensure_open()
+        watch = self._finish_watch
+        async with asyncio.timeout(timeout):
+            while True:
+                finished = watch.watch(task_id)
+                try:
+                    await watch.subscribed()  # before reading: a later finish is not missed
+                    task = await self.get_task(task_id)
+                    if task is None or task.status in TERMINAL_STATUSES:
+                        return task
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_SAFETY_POLL_SECONDS):
+                            await finished
+                finally:
+                    watch.unwatch(task_id, finished)
 
     async def list_tasks(self, query: TaskQuery, *, limit: int = 50, offset: int = 0) -> TaskPage:
         check_page(limit, offset)

@@ -12,6 +12,8 @@ local unique_key = prefix .. ':unique'
 local quarantine_key = prefix .. ':quarantine'
 local wake_channel = prefix .. ':wake'
 local cancel_channel = prefix .. ':cancel'
+-- Ids of tasks that reached a final status (space-separated): wakes wait_finished callers.
+local finished_channel = prefix .. ':finished'
 local QUARANTINE_KEEP = 10000
 
 local function task_key(id)
@@ -145,6 +147,7 @@ local function count_transition(key, old_status, new_status, unique)
     queue_call('HINCRBY', counts_key, new_status, 1)
     -- Listing finished tasks by status, newest first, reads these sets.
     queue_call('ZADD', prefix .. ':finished:' .. new_status, tonumber(ARGV[2]), id)
+    redis.call('PUBLISH', finished_channel, id)
     if unique == nil then
       unique = redis.call('HGET', key, 'unique_key')
     end
@@ -176,12 +179,19 @@ local function apply_outcomes(first, last, now_ms)
         unpack(released, first_id, math.min(first_id + 999, #released)))
     end
     released = {}
+    local ids = {}
     for new_status, entries in pairs(finished) do
+      for i = 2, #entries, 2 do
+        ids[#ids + 1] = entries[i]
+      end
       queue_call('HINCRBY', counts_key, new_status, #entries / 2)
       for first_entry = 1, #entries, 1000 do
         queue_call('ZADD', prefix .. ':finished:' .. new_status,
           unpack(entries, first_entry, math.min(first_entry + 999, #entries)))
       end
+    end
+    if #ids > 0 then
+      redis.call('PUBLISH', finished_channel, table.concat(ids, ' '))
     end
     finished, finished_n = {}, 0
   end
