@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis.asyncio as aioredis
 
+from katana.task_queue.broker import redis as redis_broker_module
 from katana.task_queue.broker.redis import RedisBroker
+from katana.task_queue.errors import BrokerClosedError
 from katana.task_queue.models import TaskStatus
 from katana.task_queue.testing import BrokerContract
 from katana.task_queue.testing._support import make_task
@@ -126,3 +129,45 @@ async def test_a_delayed_record_with_a_non_numeric_priority_is_moved_aside(
     assert (await redis_broker.count_by_status())[TaskStatus.PENDING] == 1
     notes = await redis_broker.quarantined()
     assert any(note["entry"] == task.id and "priority" in note["reason"] for note in notes)
+
+
+class StallingClaimBroker(RedisBroker):
+    """Once ``stall`` is set, a claim that carries outcomes never returns, as if Redis stalled."""
+
+    stall = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stalled = asyncio.Event()
+
+    async def _run(self, script: str, args: list[Any]) -> Any:
+        if script == "claim" and self.stall and len(args) > 5:  # outcomes follow five values
+            self.stalled.set()
+            await asyncio.Event().wait()
+        return await super()._run(script, args)
+
+
+async def test_outcomes_of_a_claim_that_close_cuts_short_are_still_written(
+    redis_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_broker_module, "_CLAIM_GRACE_SECONDS", 0.1)
+    broker = StallingClaimBroker(redis_url, queue=queue_name)
+    await broker.enqueue(make_task("t"))
+    claimed = await broker.dequeue(timeout=5)
+    assert claimed is not None
+
+    broker.stall = True
+    outcome = broker.complete_soon(claimed.id, "done", claim_token=claimed.claim_token)
+    consumer = asyncio.create_task(broker.dequeue())  # its claim carries the outcome, and stalls
+    async with asyncio.timeout(5):
+        await broker.stalled.wait()
+    await broker.close()  # cuts the stalled claim short after the grace period
+
+    assert await outcome is True  # written by close()'s last flush, not failed
+    with pytest.raises(BrokerClosedError):
+        await consumer
+    async with RedisBroker(redis_url, queue=queue_name) as reader:
+        stored = await reader.get_task(claimed.id)
+        await reader.purge()
+    assert stored is not None
+    assert (stored.status, stored.result) == (TaskStatus.COMPLETED, "done")

@@ -393,6 +393,15 @@ class RedisBroker(AbstractBroker):
             args.extend(outcome.values)
         try:
             reply = await self._run("claim", args)
+        except asyncio.CancelledError:
+            if self._closing:
+                # close() cut this claim short: the outcomes it carried go back to the buffer
+                # for close()'s last flush. Had Redis run the claim already, that second write
+                # changes nothing: each outcome is fenced by its claim token.
+                self._outcomes[:0] = [o for o in batch if not o.future.done()]
+            else:
+                self._resolve(batch, BrokerError("write interrupted"))
+            raise
         except BaseException as exc:
             self._resolve(batch, exc)
             raise
