@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
 from .config import MAX_RETRIES_LIMIT
 from .errors import InvalidTaskError
+from .models import Task, new_pending_task
 
 __all__ = [
     "MAX_DELAY_SECONDS",
@@ -23,6 +25,7 @@ __all__ = [
     "check_unique_key",
     "detached_payload",
     "json_safe",
+    "new_checked_task",
 ]
 
 #: Priorities fit in a signed 32-bit integer, so every backend can index them.
@@ -140,3 +143,25 @@ def _encode(value: Any, what: str) -> bytes:
         return orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise InvalidTaskError(f"{what} is not JSON-serializable: {exc}") from exc
+
+
+def new_checked_task(
+    name: str,
+    payload: object,
+    priority: object,
+    delay_seconds: object,
+    now: datetime,
+    max_retries: int,
+    timeout_seconds: float | None,
+) -> Task:
+    """A PENDING task created ``now``, once priority, delay and payload are checked.
+
+    ``max_retries`` and ``timeout_seconds`` are taken as given: callers check what they did
+    not already check (registered defaults are checked once, at ``register``).
+    """
+    checked_priority = check_priority(priority)
+    delay = check_delay(delay_seconds)
+    due = now + timedelta(seconds=delay) if delay else now
+    return new_pending_task(
+        name, detached_payload(payload), checked_priority, now, due, max_retries, timeout_seconds
+    )

@@ -6,6 +6,7 @@ the same code serves the embedded in-memory queue and a Redis queue shared by ma
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -13,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import tracing
 from ._events import log_task_event
-from ._validation import check_delay, check_max_retries, check_priority, detached_payload
+from ._validation import check_max_retries, new_checked_task
 from .errors import InvalidTaskError, TaskNotFoundError, TaskStateError
 from .listing import MAX_PAGE_SIZE, TaskPage, TaskQuery, WorkerInfo
-from .models import TERMINAL_STATUSES, Task, TaskStatus, new_pending_task, utcnow
+from .models import TERMINAL_STATUSES, Task, TaskStatus, utcnow
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -109,9 +110,15 @@ class QueueManager:
         this_minute = now.replace(second=0, microsecond=0)
         edges = [this_minute - timedelta(minutes=n) for n in range(minutes - 1, -1, -1)]
         edges.append(now + timedelta(milliseconds=1))  # brokers may keep milliseconds
-        counts = await self.broker.count_by_status()
-        oldest = await self.broker.oldest_due_at()
-        finished = await self.broker.finished_counts(edges)
+        broker = self.broker
+        # Independent reads: a networked broker answers them in one round of round trips.
+        counts, oldest, finished, paused, workers = await asyncio.gather(
+            broker.count_by_status(),
+            broker.oldest_due_at(),
+            broker.finished_counts(edges),
+            broker.is_paused(),
+            broker.list_workers(),
+        )
         return QueueOverview(
             queue=self.queue,
             counts=counts,
@@ -119,8 +126,8 @@ class QueueManager:
             if oldest is None
             else max(0.0, (now - oldest).total_seconds()),
             finished_per_minute=finished,
-            paused=await self.broker.is_paused(),
-            workers=await self.broker.list_workers(),
+            paused=paused,
+            workers=workers,
             at=now,
         )
 
@@ -181,13 +188,8 @@ class QueueManager:
             raise InvalidTaskError(
                 f"a task name must be 1 to {MAX_TASK_NAME_LENGTH} characters, got {name!r}"
             )
-        priority = check_priority(priority)
-        delay = check_delay(delay_seconds)
         retries = 0 if max_retries is None else check_max_retries(max_retries)
-        now = self._now()
-        task = new_pending_task(
-            name, detached_payload(payload), priority, now, now + timedelta(seconds=delay), retries
-        )
+        task = new_checked_task(name, payload, priority, delay_seconds, self._now(), retries, None)
         stored = self.broker.enqueue(task)
         if tracing.enabled:
             stored = tracing.traced_send(self.queue, (task,), stored)

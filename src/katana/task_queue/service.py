@@ -15,12 +15,11 @@ from . import tracing
 from ._events import log_task_event, logger
 from ._presence import Presence
 from ._validation import (
-    check_delay,
     check_max_retries,
-    check_priority,
     check_timeout,
     check_unique_key,
     detached_payload,
+    new_checked_task,
 )
 from ._worker import Worker
 from .errors import (
@@ -30,7 +29,7 @@ from .errors import (
     TaskFailedError,
     UnknownTaskError,
 )
-from .models import Task, TaskExecutor, TaskStatus, new_pending_task, utcnow
+from .models import Task, TaskExecutor, TaskStatus, utcnow
 from .periodic import MAX_JOB_KEY_LENGTH, PeriodicJob, Schedule, Scheduler, _Job
 
 if TYPE_CHECKING:
@@ -202,8 +201,6 @@ class TaskQueueService:
                 f"no executor is registered for task name {name!r}; registered: "
                 f"{', '.join(self.task_names) or '(none)'}"
             )
-        priority = check_priority(priority)
-        delay = check_delay(delay_seconds)
         # Registered defaults were checked by register(); only overrides are checked here.
         if max_retries is None:
             max_retries = self._policies[name].max_retries
@@ -213,15 +210,8 @@ class TaskQueueService:
             timeout_seconds = self._timeouts[name]
         else:
             timeout_seconds = check_timeout(timeout_seconds)
-        now = self._now()
-        return new_pending_task(
-            name,
-            detached_payload(payload),
-            priority,
-            now,
-            now + timedelta(seconds=delay) if delay else now,
-            max_retries,
-            timeout_seconds,
+        return new_checked_task(
+            name, payload, priority, delay_seconds, self._now(), max_retries, timeout_seconds
         )
 
     def add_periodic(

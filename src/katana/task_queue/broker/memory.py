@@ -387,14 +387,14 @@ class InMemoryBroker(AbstractBroker):
             task.claim_token = None
             task.finished_at = self._instant()
             return True
-        due = datetime.fromtimestamp(self._clock(), UTC) + timedelta(seconds=delay_seconds)
+        due = self._instant() + timedelta(seconds=delay_seconds)
         self._make_pending(task, due)
         return True
 
     def _record_error(self, task: Task, error: str, traceback: str | None) -> None:
         task.error = error
         task.traceback = traceback
-        at = datetime.fromtimestamp(self._clock(), UTC)
+        at = self._instant()
         task.errors.append(attempt_error(task.attempts, error, traceback, at))
 
     def _make_pending(self, task: Task, scheduled_at: datetime) -> None:

@@ -61,7 +61,7 @@ from ._redis_finish_watch import FinishWatch
 from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from redis.asyncio.client import PubSub
 
@@ -218,6 +218,16 @@ class RedisBroker(AbstractBroker):
             raise self._unreachable(exc) from exc
         except RedisError as exc:
             raise BrokerError(f"Redis refused {script}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _direct(self) -> Iterator[None]:
+        """Around a plain command (no script): refuse use after close, and turn a failure to
+        reach Redis into ``BrokerUnavailableError`` with the password masked."""
+        self._ensure_open()
+        try:
+            yield
+        except (RedisError, OSError) as exc:
+            raise self._unreachable(exc) from exc
 
     def _unreachable(self, exc: BaseException) -> BrokerUnavailableError:
         return BrokerUnavailableError(f"Redis at {masked_url(self.url)} is unreachable: {exc}")
@@ -782,14 +792,12 @@ class RedisBroker(AbstractBroker):
     # -- reading -------------------------------------------------------------------------
 
     async def get_task(self, task_id: str) -> Task | None:
-        self._ensure_open()
-        try:
-            fields = await self._client.hgetall(f"{self.prefix}:task:{task_id}")
-        except ResponseError:  # WRONGTYPE: garbage under the task's key
-            logger.warning("task key %s does not hold a task record", task_id)
-            return None
-        except (RedisError, OSError) as exc:
-            raise self._unreachable(exc) from exc
+        with self._direct():
+            try:
+                fields = await self._client.hgetall(f"{self.prefix}:task:{task_id}")
+            except ResponseError:  # WRONGTYPE: garbage under the task's key
+                logger.warning("task key %s does not hold a task record", task_id)
+                return None
         if not fields:
             return None
         try:
@@ -858,24 +866,20 @@ class RedisBroker(AbstractBroker):
 
     async def set_paused(self, paused: bool) -> None:
         key = f"{self.prefix}:paused"
-        try:
+        with self._direct():
             if paused:
                 await self._client.set(key, b"1")
             else:
                 await self._client.delete(key)
                 await self._client.publish(f"{self.prefix}:wake", b"resumed")
-        except (RedisError, OSError) as exc:
-            raise self._unreachable(exc) from exc
 
     async def is_paused(self) -> bool:
-        try:
+        with self._direct():
             return bool(await self._client.exists(f"{self.prefix}:paused"))
-        except (RedisError, OSError) as exc:
-            raise self._unreachable(exc) from exc
 
     async def record_worker(self, info: WorkerInfo) -> None:
         key = f"{self.prefix}:workers"
-        try:
+        with self._direct():
             try:
                 await self._client.hset(key, info.id, info.to_json())
             except ResponseError:  # WRONGTYPE: garbage where the records belong
@@ -888,24 +892,19 @@ class RedisBroker(AbstractBroker):
                     extra={"katana_event": "task_quarantined", "entry": key},
                 )
                 await self._client.hset(key, info.id, info.to_json())
-        except (RedisError, OSError) as exc:
-            raise self._unreachable(exc) from exc
 
     async def remove_worker(self, worker_id: str) -> None:
-        try:
+        with self._direct():
             await self._client.hdel(f"{self.prefix}:workers", worker_id)
-        except (RedisError, OSError) as exc:
-            raise self._unreachable(exc) from exc
 
     async def list_workers(self) -> list[WorkerInfo]:
         key = f"{self.prefix}:workers"
-        try:
-            raw = cast("dict[bytes, bytes]", await self._client.hgetall(key))
-        except ResponseError:  # WRONGTYPE: garbage where the records belong
-            logger.warning("key %s does not hold worker records", key)
-            return []
-        except (RedisError, OSError) as exc:
-            raise self._unreachable(exc) from exc
+        with self._direct():
+            try:
+                raw = cast("dict[bytes, bytes]", await self._client.hgetall(key))
+            except ResponseError:  # WRONGTYPE: garbage where the records belong
+                logger.warning("key %s does not hold worker records", key)
+                return []
         now = datetime.fromtimestamp(self._clock(), UTC)
         workers, gone = [], []
         for worker_id, record in raw.items():
@@ -946,26 +945,20 @@ class RedisBroker(AbstractBroker):
     async def claim_slot(self, key: str, ttl_seconds: float) -> bool:
         # ``...:slot:<key>``, one per periodic slot: SET NX PX is atomic on its own (the first
         # SET wins), and Redis expires the key, so no Lua script is needed.
-        self._ensure_open()
         if not ttl_seconds > 0:
             raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
         ttl_ms = max(1, round(ttl_seconds * 1000))
-        try:
+        with self._direct():
             won = await self._client.set(f"{self.prefix}:slot:{key}", b"1", nx=True, px=ttl_ms)
-        except (RedisError, OSError) as exc:
-            raise self._unreachable(exc) from exc
         return bool(won)
 
     async def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest entries moved to quarantine, each with the entry, reason and time."""
-        self._ensure_open()
-        try:
+        with self._direct():
             raw = cast(
                 "list[bytes]",
                 await self._client.lrange(f"{self.prefix}:quarantine", 0, limit - 1),
             )
-        except (RedisError, OSError) as exc:
-            raise self._unreachable(exc) from exc
         notes = []
         for item in raw:
             # Entries may hold the garbage's raw bytes, which Lua's cjson leaves unescaped.
