@@ -264,8 +264,12 @@ async def test_sigkilled_workers_lose_no_task_and_only_their_tasks_run_twice(
     assert set(report.starts) - set(report.acks) <= killed_starts
     per_kill = {pid: (len(report.interrupted[pid]), len(report.unrecorded[pid])) for pid in kills}
     assert all(running <= CHAOS_CONCURRENCY for running, _ in per_kill.values()), per_kill
+    # Outcomes ride on the next claim, so a kill also loses those of the tasks its workers
+    # finished during the last claim round trip (tasks claimed ahead but not started had no
+    # outcome and are no duplicates: they start once).
+    assert all(lost <= 2 * CHAOS_CONCURRENCY for _, lost in per_kill.values()), per_kill
     duplicates = len(report.rerun)
-    assert duplicates <= CHAOS_KILLS * CHAOS_CONCURRENCY, per_kill
+    assert duplicates <= CHAOS_KILLS * 3 * CHAOS_CONCURRENCY, per_kill
 
     # And each interrupted task ran again within a lease and two heartbeats of the kill
     limit = CHAOS_LEASE + 2 * CHAOS_HEARTBEAT + SLACK

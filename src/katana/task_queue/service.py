@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -23,6 +24,7 @@ from ._validation import (
 )
 from ._worker import Worker
 from .errors import (
+    BrokerError,
     InvalidTaskError,
     ServiceStateError,
     TaskCancelledError,
@@ -443,6 +445,8 @@ class TaskQueueService:
             for worker_task in late:
                 worker_task.cancel()
         await asyncio.gather(*self._worker_tasks, return_exceptions=True)
+        with contextlib.suppress(BrokerError):  # else their leases expire and hand them back
+            await self.broker.release_claimed_ahead()
         if self._presence is not None:
             await self._presence.stop()
         self._state = ServiceState.STOPPED

@@ -223,6 +223,13 @@ class AbstractBroker(ABC):
         A task counts once, at its latest finish; tasks already deleted are not counted.
         """
 
+    async def release_claimed_ahead(self) -> None:  # noqa: B027  # only brokers that prefetch
+        """Hand back to the queue, at once, the tasks this process claimed ahead of its workers.
+
+        The service calls it once its workers have stopped. Brokers that never claim ahead
+        have nothing to do.
+        """
+
     @abstractmethod
     async def set_paused(self, paused: bool) -> None:
         """Pause or resume the queue: while paused, ``dequeue`` hands out no task.

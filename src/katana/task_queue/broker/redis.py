@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import re
 import time
@@ -83,6 +84,14 @@ _FETCHERS = 2
 _CLAIM_GRACE_SECONDS = 2.0
 #: Longest an outcome waits for a claim to carry it before it is written on its own.
 _OUTCOME_FLUSH_DELAY_SECONDS = 0.002
+#: A process claims ahead of its workers only while its tasks run shorter than this on
+#: average, so that a task claimed ahead waits for a worker about that long at most.
+_CLAIM_AHEAD_MAX_RUN_SECONDS = 0.02
+#: A task claimed ahead that no worker of the process took within this long goes back to
+#: the queue (its workers are all busy with something slow after all).
+_CLAIM_AHEAD_HOLD_SECONDS = 0.1
+#: Weight of the newest run time in the process's running average.
+_RUN_TIME_WEIGHT = 0.2
 _BACKOFF_FIRST_SECONDS = 0.05
 _BACKOFF_MAX_SECONDS = 2.0
 
@@ -114,6 +123,12 @@ class RedisBroker(AbstractBroker):
             (default: a third of the lease).
         max_deliveries: After this many deliveries whose lease expired, the task is DEAD.
         claim_batch: The most tasks one claim round trip takes.
+        claim_ahead: While the queue has a backlog and this process's tasks run shorter than
+            20 ms on average, claim up to one task per worker ahead of need, so that no worker
+            waits for a round trip to Redis. A task claimed ahead waits in the process for a
+            free worker (higher priorities first) and goes back to the queue after 0.1 s, on
+            ``pause()``, on cancellation and at shutdown. ``False`` claims only for workers
+            already waiting: a task then never waits in one process while another is idle.
         result_ttl_seconds: How long finished tasks (results, failures, dead letters) are
             kept; consuming processes delete older ones. ``None`` keeps them.
         clock: Returns the current POSIX time; every process must agree on it.
@@ -130,6 +145,7 @@ class RedisBroker(AbstractBroker):
         heartbeat_seconds: float | None = None,
         max_deliveries: int = 3,
         claim_batch: int = 100,
+        claim_ahead: bool = True,
         result_ttl_seconds: float | None = DEFAULT_RESULT_TTL_SECONDS,
         key_prefix: str = "katana",
         clock: Callable[[], float] = time.time,
@@ -152,6 +168,7 @@ class RedisBroker(AbstractBroker):
             "" if result_ttl_seconds is None else int(result_ttl_seconds * 1000)
         )
         self._claim_batch = claim_batch
+        self._claim_ahead = claim_ahead
         self._clock = clock
         self.prefix = f"{key_prefix}:{{{queue}}}"
         self._ready_key = f"{self.prefix}:ready"
@@ -175,6 +192,8 @@ class RedisBroker(AbstractBroker):
         # claims this process holds (id -> claim token) which the heartbeat renews.
         self._waiters: deque[asyncio.Future[Task]] = deque()
         self._held: dict[str, str] = {}
+        # The ready entry each held task had, to put it back in its place if no worker runs it.
+        self._members: dict[str, bytes] = {}
         self._held_empty = asyncio.Event()
         self._held_empty.set()
         # The last claim's mode: b"exclusive" (we hold a suspect task, alone) or
@@ -186,6 +205,16 @@ class RedisBroker(AbstractBroker):
         self._exclusive_in_flight = False
         # Whether the last claim got all it asked for: the queue has a backlog.
         self._backlog = False
+        # Tasks claimed ahead of need: a heap by (priority, arrival, claimed at, task).
+        self._ahead: list[tuple[int, int, float, Task]] = []
+        self._ahead_arrivals = 0
+        self._ahead_sweep: asyncio.TimerHandle | None = None
+        # Set once the latest claim's tasks are handed out (or it failed).
+        self._last_claim: asyncio.Future[None] | None = None
+        # Tasks handed to a worker and not yet finished (id -> loop time handed over), and the
+        # running average of their run time, which decides whether claiming ahead is safe.
+        self._running_since: dict[str, float] = {}
+        self._average_run_seconds = float("inf")
         self._cancel_listeners: list[Callable[[str], None]] = []
         self._demand = asyncio.Event()
         self._wake = asyncio.Event()
@@ -276,6 +305,9 @@ class RedisBroker(AbstractBroker):
             return
         await self._stop_background()
         await self._finish_watch.close()
+        if self._ahead_sweep is not None:
+            self._ahead_sweep.cancel()
+        self._give_back_ahead()
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -348,18 +380,20 @@ class RedisBroker(AbstractBroker):
         if self._closing:
             raise BrokerClosedError(f"{self!r} is closing")
         self._start_consuming()  # the heartbeat must renew whatever this process claims
+        if self._ahead and not self._waiters:
+            return self._hand_over(heapq.heappop(self._ahead)[3])
         if timeout == 0:
             exclusive = not self._held and not self._claims_in_flight
             _, tasks = await self._claim(1, exclusive=exclusive)
-            return tasks[0] if tasks else None
+            return self._hand_over(tasks[0]) if tasks else None
         waiter: asyncio.Future[Task] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._demand.set()
         try:
             if timeout is None:  # the worker's call: no timer to arm and disarm per task
-                return await waiter
+                return self._hand_over(await waiter)
             async with asyncio.timeout(timeout):
-                return await waiter
+                return self._hand_over(await waiter)
         except TimeoutError:
             self._pass_on(waiter)
             return None
@@ -370,6 +404,12 @@ class RedisBroker(AbstractBroker):
             # Test membership first: a failed deque.remove formats the future's repr.
             if waiter in self._waiters:  # not already taken off by _deliver
                 self._waiters.remove(waiter)
+
+    def _hand_over(self, task: Task) -> Task:
+        """Note when a worker took ``task``; its outcome then tells how long tasks run."""
+        self._running_since[task.id] = asyncio.get_running_loop().time()
+        self._demand.set()  # a worker took a task: claim its replacement ahead if that pays
+        return task
 
     def _pass_on(self, waiter: asyncio.Future[Task]) -> None:
         """A task claimed for a ``dequeue`` that left goes to the next one, or back at once."""
@@ -429,6 +469,7 @@ class RedisBroker(AbstractBroker):
                 await self._quarantine_claimed(task_id, exc)
                 continue
             self._held[task_id] = task.claim_token or ""
+            self._members[task_id] = fields.get(b"member", b"")
             self._held_empty.clear()
             tasks.append(task)
         return next_due, tasks
@@ -437,6 +478,7 @@ class RedisBroker(AbstractBroker):
         """Stop renewing the claim (its outcome is being written, or it was lost)."""
         if not claim_token or self._held.get(task_id) == claim_token:
             self._held.pop(task_id, None)
+            self._members.pop(task_id, None)
             if not self._held:
                 self._held_empty.set()
 
@@ -471,15 +513,80 @@ class RedisBroker(AbstractBroker):
             if not waiter.done():
                 waiter.set_result(task)
                 return
-        # Nobody waits any more (their dequeue timed out or was cancelled, e.g. by shutdown):
-        # hand the task back now rather than hold it until the broker closes.
-        self._submit("requeue", task.id, task.claim_token, 0, "", "")
+        if self._closing:
+            self._undo_claim(task)
+            return
+        # Claimed ahead, or claimed for a dequeue that left (timed out, or cancelled by a
+        # shutdown): the next worker to ask takes it.
+        loop = asyncio.get_running_loop()
+        self._ahead_arrivals += 1
+        heapq.heappush(self._ahead, (task.priority, self._ahead_arrivals, loop.time(), task))
+        if self._ahead_sweep is None:
+            self._ahead_sweep = loop.call_later(_CLAIM_AHEAD_HOLD_SECONDS, self._sweep_ahead)
+
+    def _sweep_ahead(self) -> None:
+        """Give back the tasks claimed ahead that waited too long for a worker."""
+        self._ahead_sweep = None
+        if not self._ahead:
+            return
+        now = asyncio.get_running_loop().time()
+        self._give_back_ahead(lambda claimed_at: now - claimed_at >= _CLAIM_AHEAD_HOLD_SECONDS)
+        if self._ahead:
+            oldest = min(claimed_at for _, _, claimed_at, _ in self._ahead)
+            delay = max(0.0, oldest + _CLAIM_AHEAD_HOLD_SECONDS - now)
+            self._ahead_sweep = asyncio.get_running_loop().call_later(delay, self._sweep_ahead)
+
+    def _give_back_ahead(
+        self, which: Callable[[float], bool] = lambda _: True
+    ) -> list[asyncio.Future[bool]]:
+        """Undo the claims of tasks claimed ahead (those ``which`` picks by claim time)."""
+        keep, released = [], []
+        for entry in self._ahead:
+            if which(entry[2]):
+                released.append(self._undo_claim(entry[3]))
+            else:
+                keep.append(entry)
+        if released:
+            heapq.heapify(keep)
+            self._ahead = keep
+        return released
+
+    def _undo_claim(self, task: Task) -> asyncio.Future[bool]:
+        """Hand back a task no worker started: PENDING in its old place, no attempt counted."""
+        member = self._members.get(task.id, b"")
+        return self._submit("release", task.id, task.claim_token, member, "")
+
+    async def release_claimed_ahead(self) -> None:
+        if self._ahead and not self._closed:
+            await asyncio.gather(*self._give_back_ahead(), return_exceptions=True)
+
+    def _take_ahead(self, task_id: str) -> Task | None:
+        """Take ``task_id`` out of the tasks claimed ahead, if it is one."""
+        for index, entry in enumerate(self._ahead):
+            if entry[3].id == task_id:
+                self._ahead[index] = self._ahead[-1]
+                self._ahead.pop()
+                heapq.heapify(self._ahead)
+                return entry[3]
+        return None
+
+    def _wanted_ahead(self, waiting: int) -> int:
+        """How many tasks this process should hold claimed ahead of its workers now."""
+        if (
+            not self._claim_ahead
+            or not self._backlog
+            or self._claim_mode
+            or self._average_run_seconds > _CLAIM_AHEAD_MAX_RUN_SECONDS
+        ):
+            return 0
+        # One per worker of this process: those running a task and those waiting for one.
+        return min(len(self._running_since) + waiting, self._claim_batch)
 
     async def _fetch_loop(self) -> None:
         """Claim tasks for the waiting ``dequeue`` calls, as many per round trip as wait.
 
-        ``_FETCHERS`` of these run. A claim never asks for more tasks than there are
-        ``dequeue`` calls waiting that no other claim serves, so nothing is claimed ahead.
+        ``_FETCHERS`` of these run. A claim asks for the ``dequeue`` calls waiting that no
+        other claim serves, plus what ``_wanted_ahead`` allows.
         """
         backoff = _BACKOFF_FIRST_SECONDS
         while not self._stopping():
@@ -487,7 +594,7 @@ class RedisBroker(AbstractBroker):
             # Workers woken together finish together: let them all ask before claiming.
             await asyncio.sleep(0)
             waiting = sum(1 for waiter in self._waiters if not waiter.done())
-            wanted = waiting - self._requested
+            wanted = waiting + self._wanted_ahead(waiting) - len(self._ahead) - self._requested
             if wanted <= 0 or self._stopping() or self._exclusive_in_flight:
                 self._demand.clear()  # a claim that returns sets it again
                 continue
@@ -508,17 +615,8 @@ class RedisBroker(AbstractBroker):
             if exclusive and count > 1 and self._backlog and not self._claim_mode:
                 exclusive, count = False, (count + 1) // 2
             self._wake.clear()
-            self._claims_in_flight += 1
-            self._requested += count
-            self._exclusive_in_flight = exclusive
             try:
-                try:
-                    next_due, tasks = await self._claim(count, exclusive=exclusive)
-                finally:
-                    self._claims_in_flight -= 1
-                    self._requested -= count
-                    self._exclusive_in_flight = False
-                    self._demand.set()  # whoever waits for this claim to end looks again
+                next_due, claimed = await self._claim_and_deliver(count, exclusive=exclusive)
             except Exception as exc:
                 logger.warning(
                     "cannot claim tasks (%s); retrying in %.2fs",
@@ -531,11 +629,34 @@ class RedisBroker(AbstractBroker):
                 backoff = min(backoff * 2, _BACKOFF_MAX_SECONDS)
                 continue
             backoff = _BACKOFF_FIRST_SECONDS
+            if not claimed:
+                await self._sleep_until_woken(next_due)
+
+    async def _claim_and_deliver(self, count: int, *, exclusive: bool) -> tuple[float | None, int]:
+        """One claim of the fetch loop: (next due time, how many tasks it handed out)."""
+        self._claims_in_flight += 1
+        self._requested += count
+        self._exclusive_in_flight = exclusive
+        earlier, self._last_claim = self._last_claim, asyncio.get_running_loop().create_future()
+        this_claim = self._last_claim
+        try:
+            try:
+                next_due, tasks = await self._claim(count, exclusive=exclusive)
+            finally:
+                self._claims_in_flight -= 1
+                self._requested -= count
+                self._exclusive_in_flight = False
+                self._demand.set()  # whoever waits for this claim to end looks again
+            if earlier is not None and not earlier.done():
+                # Redis ran the earlier claim first, but its reply may be read after this
+                # one's: hand out its tasks first, as they come first in the queue.
+                await asyncio.wait([earlier])
             self._backlog = len(tasks) >= count
             for task in tasks:
                 self._deliver(task)
-            if not tasks:
-                await self._sleep_until_woken(next_due)
+            return next_due, len(tasks)
+        finally:
+            this_claim.set_result(None)
 
     async def _sleep_until_woken(self, next_due: float | None) -> None:
         """Wait for a wake-up notification, the next delayed task, or the safety poll."""
@@ -566,6 +687,8 @@ class RedisBroker(AbstractBroker):
                         continue
                     if message.get("channel") == cancel_channel:
                         self._cancel_requested(bytes(message["data"]).decode(errors="replace"))
+                    elif message.get("data") == b"paused":
+                        self._give_back_ahead()
                     else:
                         self._wake.set()
             except (RedisError, OSError) as exc:
@@ -612,6 +735,7 @@ class RedisBroker(AbstractBroker):
             if self._held.get(task_id) != token:
                 continue  # its outcome was handed over meanwhile: finished, not lost
             self._release(task_id, token)
+            self._take_ahead(task_id)  # claimed ahead: no worker of ours may start it now
             logger.warning(
                 "lost the claim on task %s: its lease expired and it belongs to another worker now",
                 task_id,
@@ -643,6 +767,13 @@ class RedisBroker(AbstractBroker):
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._outcomes.append(_Outcome([op, task_id, claim_token or "", a, b, c], future))
         self._release(task_id, claim_token or "")
+        started = self._running_since.pop(task_id, None)
+        if started is not None:
+            ran = asyncio.get_running_loop().time() - started
+            average = self._average_run_seconds
+            self._average_run_seconds = (
+                ran if average == float("inf") else average + _RUN_TIME_WEIGHT * (ran - average)
+            )
         if self._background:
             # A consumer: the worker's next dequeue makes the fetcher claim, and that claim
             # carries the outcome. The timer only writes what no claim took.
@@ -772,6 +903,10 @@ class RedisBroker(AbstractBroker):
         self._cancel_listeners.append(listener)
 
     def _cancel_requested(self, task_id: str) -> None:
+        ahead = self._take_ahead(task_id)
+        if ahead is not None:  # claimed ahead, not started: it ends CANCELLED without running
+            self._submit("cancel", ahead.id, ahead.claim_token, "", "")
+            return
         if task_id in self._held:  # ours: tell whoever runs it here
             for listener in self._cancel_listeners:
                 listener(task_id)
@@ -869,6 +1004,9 @@ class RedisBroker(AbstractBroker):
         with self._direct():
             if paused:
                 await self._client.set(key, b"1")
+                # Consumers give back what they claimed ahead; this process at once.
+                await self._client.publish(f"{self.prefix}:wake", b"paused")
+                await self.release_claimed_ahead()
             else:
                 await self._client.delete(key)
                 await self._client.publish(f"{self.prefix}:wake", b"resumed")

@@ -164,6 +164,9 @@ end
 --   'fail':     a = error, b = traceback, c = the attempt's error entry as JSON
 --   'requeue':  a = delay in ms before the task is due again; for a retry b = error and
 --               c = the attempt's error entry as JSON ('' for a plain hand-back)
+--   'release':  a task claimed ahead that never started: the claim is undone (attempts and
+--               deliveries as before it) and it takes its old place in the ready set again,
+--               a = its ready entry from the claim
 -- Error entries are kept as fields 'err:<attempt>'.
 -- Returns one code per outcome: 1 applied, 0 the claim was lost, -1 unknown task.
 local function apply_outcomes(first, last, now_ms)
@@ -246,7 +249,7 @@ local function apply_outcomes(first, last, now_ms)
         else
           unplace(key, id, row[3])
         end
-        if op == 'requeue' and row[4] then
+        if (op == 'requeue' or op == 'release') and row[4] then
           op = 'cancel'  -- cancelled while it ran: it does not run again
         end
         if op == 'complete' then
@@ -270,6 +273,21 @@ local function apply_outcomes(first, last, now_ms)
             'error', ARGV[base + 3], 'traceback', ARGV[base + 4],
             'err:' .. (redis.call('HGET', key, 'attempts') or '0'), ARGV[base + 5])
           redis.call('HDEL', key, 'claim_token', 'cancel_requested')
+        elseif op == 'release' then
+          transition(checked, key, id, status, 'PENDING', row[5])
+          redis.call('HSET', key, 'status', 'PENDING')
+          redis.call('HDEL', key, 'claim_token', 'started_at')
+          redis.call('HINCRBY', key, 'attempts', -1)
+          redis.call('HINCRBY', key, 'deliveries', -1)
+          local priority = tonumber(redis.call('HGET', key, 'priority')) or 0
+          local member = ARGV[base + 3]
+          if string.sub(member, MEMBER_HEAD + 1) == id then
+            redis.call('HSET', key, 'member', member)
+            queue_call('ZADD', ready_key, priority, member)
+          else
+            place(key, id, priority, now_ms, now_ms)
+          end
+          requeued = requeued + 1
         else
           transition(checked, key, id, status, 'PENDING', row[5])
           local due_ms = now_ms + tonumber(ARGV[base + 3])

@@ -2,7 +2,7 @@
 -- round trip. ARGV: prefix, now_ms, count, lease_ms, token_base, exclusive, then six values
 -- per outcome (see apply_outcomes). Returns {next_due_ms or '', outcome codes, quarantined
 -- entry/reason pairs, mode, record, record, ...}: each record is the task's HGETALL followed
--- by 'id', id.
+-- by 'id', id, 'member', its ready entry.
 --
 -- A suspect task (its worker died while it ran) may be what kills workers, so it never
 -- shares a process with other tasks: it is claimed only by a consumer that holds nothing
@@ -95,6 +95,8 @@ local function take(member, score)
   local record = redis.call('HGETALL', key)
   record[#record + 1] = 'id'
   record[#record + 1] = id
+  record[#record + 1] = 'member'  -- its place in the queue, should the claim be undone
+  record[#record + 1] = member
   claimed[#claimed + 1] = record
 end
 
