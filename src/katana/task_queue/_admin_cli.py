@@ -15,10 +15,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
 from ._loading import broker_from_url, load_service
 from .errors import (
@@ -29,14 +25,12 @@ from .errors import (
     UnknownTaskError,
 )
 from .listing import TaskQuery
-from .management import DEAD_LETTER_STATUSES, QueueManager, QueueOverview
-from .models import TaskStatus, utcnow
+from .management import DEAD_LETTER_STATUSES, QueueManager
+from .models import TaskStatus
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from datetime import datetime
-
-    from rich.console import RenderableType
 
     from .models import Task
 
@@ -130,55 +124,7 @@ def _targeted(command: Callable[..., None]) -> Callable[..., None]:
     return with_target
 
 
-def _console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
-
-
 # -- info -------------------------------------------------------------------------------------
-
-
-def _age(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
-
-
-def _render(overview: QueueOverview) -> RenderableType:
-    """The queue's table and its workers' table."""
-    state = "paused" if overview.paused else "running"
-    queue = Table(title=Text(f"queue {overview.queue} ({state})"), title_justify="left")
-    queue.add_column("status")
-    queue.add_column("tasks", justify="right")
-    for status in TaskStatus:
-        queue.add_row(status.value, str(overview.counts.get(status, 0)))
-    queue.add_section()
-    queue.add_row("oldest pending", _age(overview.oldest_pending_age_seconds))
-    full = len(overview.finished_per_minute) - 1
-    window = f"last {full} min" if full else "no full minute yet"
-    queue.add_row(f"finished/s ({window})", f"{overview.throughput_per_second:.2f}")
-    queue.add_row("finished this minute", str(overview.finished_per_minute[-1]))
-    queue.add_row("paused", "yes" if overview.paused else "no")
-
-    workers = Table(title=Text(f"workers ({len(overview.workers)})"), title_justify="left")
-    for column in ("host", "pid", "concurrency", "processed", "last seen"):
-        workers.add_column(column, justify="left" if column == "host" else "right")
-    workers.add_column("current tasks", overflow="fold")
-    for worker in overview.workers:
-        seen = max(0.0, (overview.at - worker.last_seen_at).total_seconds())
-        workers.add_row(
-            Text(worker.host),
-            str(worker.pid),
-            str(worker.concurrency),
-            str(worker.processed),
-            f"{_age(seen)} ago",
-            Text("\n".join(worker.current_task_ids) or "-"),
-        )
-    stamp = Text(f"at {overview.at:%Y-%m-%d %H:%M:%S} UTC", style="dim")
-    return Group(queue, workers, stamp)
 
 
 @click.command()
@@ -200,25 +146,15 @@ def _render(overview: QueueOverview) -> RenderableType:
 )
 def info(target: _Target, watch: bool, interval: float, minutes: int) -> None:
     """Show the queue: tasks by status, oldest waiting task, throughput, pause, workers."""
-    console = _console()
+    from . import _admin_view  # rich loads only for the commands that draw tables
+
+    console = _admin_view.console()
     if not watch:
         overview = target.run(lambda manager: manager.overview(minutes=minutes))
-        console.print(_render(overview))
+        console.print(_admin_view.render(overview))
         return
     with contextlib.suppress(KeyboardInterrupt):
-        target.run(lambda manager: _watch(manager, console, interval, minutes))
-
-
-async def _watch(manager: QueueManager, console: Console, interval: float, minutes: int) -> None:
-    first = await manager.overview(minutes=minutes)
-    with Live(_render(first), console=console, auto_refresh=False) as live:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                view = _render(await manager.overview(minutes=minutes))
-            except BrokerError as exc:  # keep watching: it may come back
-                view = Text(f"{utcnow():%H:%M:%S} broker error: {exc}", style="bold red")
-            live.update(view, refresh=True)
+        target.run(lambda manager: _admin_view.watch(manager, console, interval, minutes))
 
 
 # -- enqueue and task -------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import multiprocessing
 import os
 import signal
 import socket
@@ -247,6 +246,8 @@ def _child_options(options: _WorkerOptions, index: int) -> _WorkerOptions:
 
 def _run_processes(options: _WorkerOptions, processes: int, log_level: str, log_format: str) -> int:
     """Start ``processes`` children and pass SIGTERM/SIGINT on to them."""
+    import multiprocessing  # only the parent of several processes needs it
+
     context = multiprocessing.get_context("spawn")
     children = [
         context.Process(

@@ -24,7 +24,6 @@ Spans carry the messaging attributes ``messaging.system`` (``katana``),
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -93,6 +92,8 @@ def enable(*, tracer_provider: TracerProvider | None = None) -> None:
 
 def _version() -> str | None:
     # Not the package's __version__: importing the package from here would break the layers.
+    import importlib.metadata  # here, not at the top: it costs every process ~15 ms to load
+
     try:
         return importlib.metadata.version("katana-task-queue")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover  # run from a checkout
