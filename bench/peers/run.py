@@ -19,13 +19,13 @@ import redis
 
 REPO = common.PEERS_DIR.parents[1]
 PEERS_PYTHON = REPO / "bench" / ".venv-peers" / "bin" / "python"
-KATANA_PYTHON = REPO / ".venv" / "bin" / "python"
+KATANA_PYTHON = REPO / "bench" / ".venv-katana" / "bin" / "python"
 ALL_PEERS = ("arq", "saq", "streaq", "taskiq", "dramatiq", "katana")
 PEER_TIMEOUT = 900
 
 
 def interpreter(peer: str) -> Path:
-    """Katana runs from the project's venv, the other queues from bench/.venv-peers."""
+    """Katana runs from bench/.venv-katana, the other queues from bench/.venv-peers."""
     return KATANA_PYTHON if peer == "katana" else PEERS_PYTHON
 
 
