@@ -906,6 +906,11 @@ class RedisBroker(AbstractBroker):
         ahead = self._take_ahead(task_id)
         if ahead is not None:  # claimed ahead, not started: it ends CANCELLED without running
             self._submit("cancel", ahead.id, ahead.claim_token, "", "")
+            logger.info(
+                "task %s was cancelled before it started",
+                task_id,
+                extra={"katana_event": "task_cancelled", "task_id": task_id},
+            )
             return
         if task_id in self._held:  # ours: tell whoever runs it here
             for listener in self._cancel_listeners:
