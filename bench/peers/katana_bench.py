@@ -1,4 +1,4 @@
-"""Katana peer: ``TaskQueueService.add_task(s)`` producer, ``katana worker`` CLI (bench/.venv-katana).
+"""Katana peer: ``TaskQueueService.add_task(s)`` producer, ``katana worker`` CLI.
 
 Written against the planned API: ``RedisBroker(url, queue=...)`` and a worker started as
 ``katana worker katana_bench:service --concurrency N --broker URL --queue bench``.
