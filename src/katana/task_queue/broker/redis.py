@@ -476,6 +476,13 @@ class RedisBroker(AbstractBroker):
 
     def _release(self, task_id: str, claim_token: str) -> None:
         """Stop renewing the claim (its outcome is being written, or it was lost)."""
+        started = self._running_since.pop(task_id, None)
+        if started is not None:  # a worker ran it: count its run time in the average
+            ran = asyncio.get_running_loop().time() - started
+            average = self._average_run_seconds
+            self._average_run_seconds = (
+                ran if average == float("inf") else average + _RUN_TIME_WEIGHT * (ran - average)
+            )
         if not claim_token or self._held.get(task_id) == claim_token:
             self._held.pop(task_id, None)
             self._members.pop(task_id, None)
@@ -767,13 +774,6 @@ class RedisBroker(AbstractBroker):
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._outcomes.append(_Outcome([op, task_id, claim_token or "", a, b, c], future))
         self._release(task_id, claim_token or "")
-        started = self._running_since.pop(task_id, None)
-        if started is not None:
-            ran = asyncio.get_running_loop().time() - started
-            average = self._average_run_seconds
-            self._average_run_seconds = (
-                ran if average == float("inf") else average + _RUN_TIME_WEIGHT * (ran - average)
-            )
         if self._background:
             # A consumer: the worker's next dequeue makes the fetcher claim, and that claim
             # carries the outcome. The timer only writes what no claim took.
