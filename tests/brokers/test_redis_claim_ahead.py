@@ -39,9 +39,9 @@ async def broker(redis_url: str, queue_name: str) -> AsyncIterator[RedisBroker]:
 
 
 @pytest.fixture
-def long_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+def long_hold(broker: RedisBroker) -> None:
     """Tasks claimed ahead stay claimed for the whole test unless something gives them back."""
-    monkeypatch.setattr(redis_broker_module, "_CLAIM_AHEAD_HOLD_SECONDS", 60.0)
+    broker._ahead.hold_seconds = 60.0
 
 
 async def eventually(check: Callable[[], object], what: str, timeout: float = 3.0) -> None:
@@ -125,9 +125,9 @@ async def test_tasks_claimed_ahead_are_handed_out_by_priority(broker: RedisBroke
 
 
 async def test_a_task_claimed_ahead_that_no_worker_takes_goes_back_in_its_place(
-    broker: RedisBroker, redis_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
+    broker: RedisBroker, redis_url: str, queue_name: str
 ) -> None:
-    monkeypatch.setattr(redis_broker_module, "_CLAIM_AHEAD_HOLD_SECONDS", 0.2)
+    broker._ahead.hold_seconds = 0.2
     queued = await run_fast_tasks(broker)
     ahead = await claimed_ahead(broker, queued)
 

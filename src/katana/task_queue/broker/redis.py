@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import re
 import time
@@ -52,6 +51,7 @@ from .._urls import masked_url
 from ..errors import BrokerClosedError, BrokerError, BrokerUnavailableError
 from ..listing import FILTER_SCAN_LIMIT, TaskPage, WorkerInfo, check_page
 from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error, new_task_id
+from ._claim_ahead import ClaimedAhead, RunTimes
 from ._redis_codec import (
     ENQUEUE_VALUES_PER_TASK,
     MalformedRecordError,
@@ -205,16 +205,13 @@ class RedisBroker(AbstractBroker):
         self._exclusive_in_flight = False
         # Whether the last claim got all it asked for: the queue has a backlog.
         self._backlog = False
-        # Tasks claimed ahead of need: a heap by (priority, arrival, claimed at, task).
-        self._ahead: list[tuple[int, int, float, Task]] = []
-        self._ahead_arrivals = 0
-        self._ahead_sweep: asyncio.TimerHandle | None = None
+        # Tasks claimed ahead of need; those no worker takes in time are given back.
+        self._ahead = ClaimedAhead(_CLAIM_AHEAD_HOLD_SECONDS, self._undo_claim)
         # Set once the latest claim's tasks are handed out (or it failed).
         self._last_claim: asyncio.Future[None] | None = None
-        # Tasks handed to a worker and not yet finished (id -> loop time handed over), and the
-        # running average of their run time, which decides whether claiming ahead is safe.
-        self._running_since: dict[str, float] = {}
-        self._average_run_seconds = float("inf")
+        # Tasks handed to a worker and not finished, and how long tasks run here: claiming
+        # ahead pays only for short ones.
+        self._run_times = RunTimes(_RUN_TIME_WEIGHT)
         self._cancel_listeners: list[Callable[[str], None]] = []
         self._demand = asyncio.Event()
         self._wake = asyncio.Event()
@@ -305,9 +302,8 @@ class RedisBroker(AbstractBroker):
             return
         await self._stop_background()
         await self._finish_watch.close()
-        if self._ahead_sweep is not None:
-            self._ahead_sweep.cancel()
-        self._give_back_ahead()
+        for task in self._ahead.close():
+            self._undo_claim(task)
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -381,7 +377,7 @@ class RedisBroker(AbstractBroker):
             raise BrokerClosedError(f"{self!r} is closing")
         self._start_consuming()  # the heartbeat must renew whatever this process claims
         if self._ahead and not self._waiters:
-            return self._hand_over(heapq.heappop(self._ahead)[3])
+            return self._hand_over(self._ahead.pop())
         if timeout == 0:
             exclusive = not self._held and not self._claims_in_flight
             _, tasks = await self._claim(1, exclusive=exclusive)
@@ -407,7 +403,7 @@ class RedisBroker(AbstractBroker):
 
     def _hand_over(self, task: Task) -> Task:
         """Note when a worker took ``task``; its outcome then tells how long tasks run."""
-        self._running_since[task.id] = asyncio.get_running_loop().time()
+        self._run_times.started(task.id)
         self._demand.set()  # a worker took a task: claim its replacement ahead if that pays
         return task
 
@@ -476,13 +472,7 @@ class RedisBroker(AbstractBroker):
 
     def _release(self, task_id: str, claim_token: str) -> None:
         """Stop renewing the claim (its outcome is being written, or it was lost)."""
-        started = self._running_since.pop(task_id, None)
-        if started is not None:  # a worker ran it: count its run time in the average
-            ran = asyncio.get_running_loop().time() - started
-            average = self._average_run_seconds
-            self._average_run_seconds = (
-                ran if average == float("inf") else average + _RUN_TIME_WEIGHT * (ran - average)
-            )
+        self._run_times.ended(task_id)
         if not claim_token or self._held.get(task_id) == claim_token:
             self._held.pop(task_id, None)
             self._members.pop(task_id, None)
@@ -525,38 +515,7 @@ class RedisBroker(AbstractBroker):
             return
         # Claimed ahead, or claimed for a dequeue that left (timed out, or cancelled by a
         # shutdown): the next worker to ask takes it.
-        loop = asyncio.get_running_loop()
-        self._ahead_arrivals += 1
-        heapq.heappush(self._ahead, (task.priority, self._ahead_arrivals, loop.time(), task))
-        if self._ahead_sweep is None:
-            self._ahead_sweep = loop.call_later(_CLAIM_AHEAD_HOLD_SECONDS, self._sweep_ahead)
-
-    def _sweep_ahead(self) -> None:
-        """Give back the tasks claimed ahead that waited too long for a worker."""
-        self._ahead_sweep = None
-        if not self._ahead:
-            return
-        now = asyncio.get_running_loop().time()
-        self._give_back_ahead(lambda claimed_at: now - claimed_at >= _CLAIM_AHEAD_HOLD_SECONDS)
-        if self._ahead:
-            oldest = min(claimed_at for _, _, claimed_at, _ in self._ahead)
-            delay = max(0.0, oldest + _CLAIM_AHEAD_HOLD_SECONDS - now)
-            self._ahead_sweep = asyncio.get_running_loop().call_later(delay, self._sweep_ahead)
-
-    def _give_back_ahead(
-        self, which: Callable[[float], bool] = lambda _: True
-    ) -> list[asyncio.Future[bool]]:
-        """Undo the claims of tasks claimed ahead (those ``which`` picks by claim time)."""
-        keep, released = [], []
-        for entry in self._ahead:
-            if which(entry[2]):
-                released.append(self._undo_claim(entry[3]))
-            else:
-                keep.append(entry)
-        if released:
-            heapq.heapify(keep)
-            self._ahead = keep
-        return released
+        self._ahead.add(task)
 
     def _undo_claim(self, task: Task) -> asyncio.Future[bool]:
         """Hand back a task no worker started: PENDING in its old place, no attempt counted."""
@@ -565,17 +524,8 @@ class RedisBroker(AbstractBroker):
 
     async def release_claimed_ahead(self) -> None:
         if self._ahead and not self._closed:
-            await asyncio.gather(*self._give_back_ahead(), return_exceptions=True)
-
-    def _take_ahead(self, task_id: str) -> Task | None:
-        """Take ``task_id`` out of the tasks claimed ahead, if it is one."""
-        for index, entry in enumerate(self._ahead):
-            if entry[3].id == task_id:
-                self._ahead[index] = self._ahead[-1]
-                self._ahead.pop()
-                heapq.heapify(self._ahead)
-                return entry[3]
-        return None
+            undone = [self._undo_claim(task) for task in self._ahead.take_all()]
+            await asyncio.gather(*undone, return_exceptions=True)
 
     def _wanted_ahead(self, waiting: int) -> int:
         """How many tasks this process should hold claimed ahead of its workers now."""
@@ -583,11 +533,11 @@ class RedisBroker(AbstractBroker):
             not self._claim_ahead
             or not self._backlog
             or self._claim_mode
-            or self._average_run_seconds > _CLAIM_AHEAD_MAX_RUN_SECONDS
+            or self._run_times.average_seconds > _CLAIM_AHEAD_MAX_RUN_SECONDS
         ):
             return 0
         # One per worker of this process: those running a task and those waiting for one.
-        return min(len(self._running_since) + waiting, self._claim_batch)
+        return min(self._run_times.running + waiting, self._claim_batch)
 
     async def _fetch_loop(self) -> None:
         """Claim tasks for the waiting ``dequeue`` calls, as many per round trip as wait.
@@ -695,7 +645,8 @@ class RedisBroker(AbstractBroker):
                     if message.get("channel") == cancel_channel:
                         self._cancel_requested(bytes(message["data"]).decode(errors="replace"))
                     elif message.get("data") == b"paused":
-                        self._give_back_ahead()
+                        for task in self._ahead.take_all():
+                            self._undo_claim(task)
                     else:
                         self._wake.set()
             except (RedisError, OSError) as exc:
@@ -742,7 +693,7 @@ class RedisBroker(AbstractBroker):
             if self._held.get(task_id) != token:
                 continue  # its outcome was handed over meanwhile: finished, not lost
             self._release(task_id, token)
-            self._take_ahead(task_id)  # claimed ahead: no worker of ours may start it now
+            self._ahead.take(task_id)  # claimed ahead: no worker of ours may start it now
             logger.warning(
                 "lost the claim on task %s: its lease expired and it belongs to another worker now",
                 task_id,
@@ -903,7 +854,7 @@ class RedisBroker(AbstractBroker):
         self._cancel_listeners.append(listener)
 
     def _cancel_requested(self, task_id: str) -> None:
-        ahead = self._take_ahead(task_id)
+        ahead = self._ahead.take(task_id)
         if ahead is not None:  # claimed ahead, not started: it ends CANCELLED without running
             self._submit("cancel", ahead.id, ahead.claim_token, "", "")
             logger.info(
