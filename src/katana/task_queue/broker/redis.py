@@ -408,7 +408,7 @@ class RedisBroker(AbstractBroker):
         return task
 
     def _pass_on(self, waiter: asyncio.Future[Task]) -> None:
-        """A task claimed for a ``dequeue`` that left goes to the next one, or back at once."""
+        """A task claimed for a ``dequeue`` that left goes to the next one (see ``_deliver``)."""
         if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
             self._deliver(waiter.result())
 
@@ -510,11 +510,10 @@ class RedisBroker(AbstractBroker):
             if not waiter.done():
                 waiter.set_result(task)
                 return
-        if self._closing:
-            self._undo_claim(task)
+        if self._closing or not self._claim_ahead:
+            self._undo_claim(task)  # a dequeue that left (timed out, or cancelled by shutdown)
             return
-        # Claimed ahead, or claimed for a dequeue that left (timed out, or cancelled by a
-        # shutdown): the next worker to ask takes it.
+        # Claimed ahead, or claimed for a dequeue that left: the next worker to ask takes it.
         self._ahead.add(task)
 
     def _undo_claim(self, task: Task) -> asyncio.Future[bool]:
