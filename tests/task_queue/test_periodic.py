@@ -212,15 +212,15 @@ async def test_a_broker_outage_is_logged_and_the_slot_fired_once_it_is_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given a broker whose first slot claim fails
-    claim_slot = broker.claim_slot
+    enqueue_in_slot = broker.enqueue_in_slot
     failures = [BrokerUnavailableError("down")]
 
-    async def flaky_claim(key: str, ttl_seconds: float) -> bool:
+    async def flaky_enqueue(task: Task, key: str, ttl_seconds: float) -> bool:
         if failures:
             raise failures.pop()
-        return await claim_slot(key, ttl_seconds)
+        return await enqueue_in_slot(task, key, ttl_seconds)
 
-    monkeypatch.setattr(broker, "claim_slot", flaky_claim)
+    monkeypatch.setattr(broker, "enqueue_in_slot", flaky_enqueue)
     service.add_periodic("tick", every=60)
     slot = _next_minute(clock)
     service.start_workers(1)

@@ -2,9 +2,10 @@
 
 Every process running workers runs a ``Scheduler`` for the periodic jobs its service knows.
 Each *slot* (the instant a job is due) is fired by whichever process first takes it with
-``AbstractBroker.claim_slot``, so a slot becomes one task however many processes and hosts
-schedule the job. The slots are the same everywhere: cron instants in UTC, or multiples of the
-interval since the Unix epoch, computed from the service's clock.
+``AbstractBroker.enqueue_in_slot``, which takes the slot and stores its task in one step, so a
+slot becomes one task however many processes and hosts schedule the job, and a crash cannot
+take a slot without its task. The slots are the same everywhere: cron instants in UTC, or
+multiples of the interval since the Unix epoch, computed from the service's clock.
 
 No catch-up: a scheduler starts with the first slot after it started, and one that falls
 behind (the process was blocked or asleep) fires only the latest slot it missed, once.
@@ -27,7 +28,6 @@ from .errors import InvalidTaskError
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from .broker.base import AbstractBroker
 
 __all__ = ["MAX_JOB_KEY_LENGTH", "MIN_EVERY_SECONDS", "PeriodicJob", "Schedule", "Scheduler"]
 
@@ -149,28 +149,25 @@ class _Job:
     max_retries: int | None
     timeout_seconds: float | None
     next_slot: datetime | None = None  # set once the scheduler runs
-    claimed_slot: datetime | None = None  # taken by this process, its task not yet enqueued
 
 
 class Scheduler:
     """Fires the slots of periodic jobs, each once across every process sharing the broker.
 
     Args:
-        broker: Where slots are claimed.
-        fire: Enqueues the task of a job's slot; called as ``fire(job, slot_key)`` by the
-            process that won the slot. ``slot_key`` (``periodic:<job key>:<ISO instant>``) is
-            meant as the task's unique key.
+        fire: Takes a job's slot and enqueues its task in one step
+            (``AbstractBroker.enqueue_in_slot``); called as ``fire(job, slot_key, ttl_seconds)``
+            by every process when the slot is due, it returns ``False`` when another process
+            took the slot. ``slot_key`` is ``periodic:<job key>:<ISO instant>``.
         clock: Returns the current POSIX time; a ``testing.FakeClock`` wakes the loop when
             it moves.
     """
 
     def __init__(
         self,
-        broker: AbstractBroker,
-        fire: Callable[[_Job, str], Awaitable[None]],
+        fire: Callable[[_Job, str, float], Awaitable[bool]],
         clock: Callable[[], float],
     ) -> None:
-        self._broker = broker
         self._fire = fire
         self._clock = clock
         self._jobs: dict[str, _Job] = {}
@@ -262,30 +259,15 @@ class Scheduler:
                 extra={"katana_event": "periodic_slots_skipped", "periodic_job": job.key},
             )
         slot_key = f"periodic:{job.key}:{slot.isoformat()}"
+        # The slot is held as long as another process may still try it: until the next one
+        # is due, plus the clock skew between hosts.
+        ttl = (following - now).total_seconds() + _CLOCK_SKEW_SECONDS
         try:
-            if job.claimed_slot != slot:
-                # The claim lasts as long as another process may still try this slot: until
-                # the next one is due, plus the clock skew between hosts.
-                ttl = (following - now).total_seconds() + _CLOCK_SKEW_SECONDS
-                if not await self._broker.claim_slot(slot_key, ttl):
-                    logger.debug(
-                        "periodic job %s: slot %s was taken by another process",
-                        job.key,
-                        slot.isoformat(),
-                        extra={
-                            "katana_event": "periodic_slot_lost",
-                            "periodic_job": job.key,
-                            "periodic_slot": slot_key,
-                        },
-                    )
-                    job.next_slot = following
-                    return True
-                job.claimed_slot = slot
-            await self._fire(job, slot_key)
+            fired = await self._fire(job, slot_key, ttl)
         except Exception:
             # Broker outage or the like: keep the slot due and try again (while it is the
-            # latest); a won claim is remembered, and the unique key makes a retried enqueue
-            # that had in fact succeeded a no-op.
+            # latest). Slot and task are stored in one step, so a call that did succeed
+            # (its reply lost) makes the retry find the slot taken: no second task.
             logger.exception(
                 "periodic job %s: could not fire slot %s; trying again",
                 job.key,
@@ -297,8 +279,19 @@ class Scheduler:
                 },
             )
             return False
-        job.claimed_slot = None
         job.next_slot = following
+        if not fired:
+            logger.debug(
+                "periodic job %s: slot %s was taken by another process",
+                job.key,
+                slot.isoformat(),
+                extra={
+                    "katana_event": "periodic_slot_lost",
+                    "periodic_job": job.key,
+                    "periodic_slot": slot_key,
+                },
+            )
+            return True
         logger.info(
             "periodic job %s fired for slot %s",
             job.key,

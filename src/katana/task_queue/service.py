@@ -87,7 +87,7 @@ class TaskQueueService:
         self._processed = 0
         self._task_done = asyncio.Event()
         self._presence: Presence | None = None
-        self._scheduler = Scheduler(broker, self._fire_periodic, clock or time.time)
+        self._scheduler = Scheduler(self._fire_periodic, clock or time.time)
 
     @property
     def state(self) -> ServiceState:
@@ -280,15 +280,27 @@ class TaskQueueService:
         """The periodic jobs (``add_periodic``) by key: task name, schedule and next run."""
         return self._scheduler.jobs()
 
-    async def _fire_periodic(self, job: _Job, slot_key: str) -> None:
-        await self.add_task(
-            job.name,
-            job.payload,
-            job.priority,
-            max_retries=job.max_retries,
-            timeout_seconds=job.timeout_seconds,
-            unique_key=slot_key,
+    async def _fire_periodic(self, job: _Job, slot_key: str, ttl_seconds: float) -> bool:
+        """Enqueue the task of a periodic slot, unless another process took the slot."""
+        task = self._new_task(
+            job.name, job.payload, job.priority, 0, job.max_retries, job.timeout_seconds
         )
+        task.unique_key = slot_key  # names the slot it was made for
+        stored = self.broker.enqueue_in_slot(task, slot_key, ttl_seconds)
+        if tracing.enabled:
+            stored = tracing.traced_send(self.broker.queue, (task,), stored)
+        if not await stored:
+            return False
+        log_task_event(
+            logging.INFO,
+            "task_created",
+            task,
+            "task %s (%s) created for periodic slot %s",
+            task.id,
+            task.name,
+            slot_key,
+        )
+        return True
 
     async def wait_for(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait until the task finishes and return its result.

@@ -273,3 +273,20 @@ class AbstractBroker(ABC):
         after which it can be taken again. Keys are independent of each other and of tasks.
         The periodic scheduler takes one key per (job, slot), so each slot fires once.
         """
+
+    async def enqueue_in_slot(self, task: Task, key: str, ttl_seconds: float) -> bool:
+        """Take ``key`` as ``claim_slot`` does and, only if this call took it, enqueue ``task``.
+
+        ``False``: the key was taken already and nothing was stored. The periodic scheduler
+        fires a slot with this, so that a crash can neither take a slot without its task nor
+        store the task twice. This default is one step for a broker whose ``claim_slot`` and
+        ``enqueue`` do not wait on anything (``InMemoryBroker``); a broker that talks to a
+        server overrides it with one atomic step there.
+        """
+        if not await self.claim_slot(key, ttl_seconds):
+            return False
+        if task.unique_key:
+            await self.enqueue_unique(task)
+        else:
+            await self.enqueue(task)
+        return True

@@ -341,15 +341,19 @@ class RedisBroker(AbstractBroker):
     # -- producing -----------------------------------------------------------------------
 
     async def enqueue(self, task: Task) -> None:
-        quarantined, _ = await self._run("enqueue", [self._now_ms(), *encode_new_task(task)])
+        await self._enqueue(encode_new_task(task))
+
+    async def _enqueue(self, values: list[Any], slot: str = "", slot_ttl_ms: int = 0) -> Any:
+        """Run enqueue.lua on encoded tasks; its reply without the quarantined entries."""
+        args = [self._now_ms(), slot, slot_ttl_ms, *values]
+        quarantined, *reply = await self._run("enqueue", args)
         self._log_quarantined(quarantined)
+        return reply
 
     async def enqueue_unique(self, task: Task) -> Task | None:
         if not task.unique_key:
             raise ValueError("enqueue_unique needs a task with a unique_key")
-        args = [self._now_ms(), *encode_new_task(task, unique=True)]
-        quarantined, (held_by,) = await self._run("enqueue", args)
-        self._log_quarantined(quarantined)
+        (held_by,), _ = await self._enqueue(encode_new_task(task, unique=True))
         if not held_by:
             return None
         existing = await self.get_task(held_by.decode())
@@ -362,12 +366,10 @@ class RedisBroker(AbstractBroker):
             args.extend(encode_new_task(task))
             # Keep each script call short (1000 tasks): it blocks Redis while it runs.
             if len(args) >= ENQUEUE_VALUES_PER_TASK * 1000:
-                quarantined, _ = await self._run("enqueue", [self._now_ms(), *args])
-                self._log_quarantined(quarantined)
+                await self._enqueue(args)
                 args = []
         if args:
-            quarantined, _ = await self._run("enqueue", [self._now_ms(), *args])
-            self._log_quarantined(quarantined)
+            await self._enqueue(args)
 
     # -- consuming -----------------------------------------------------------------------
 
@@ -1044,6 +1046,15 @@ class RedisBroker(AbstractBroker):
         with self._direct():
             won = await self._client.set(f"{self.prefix}:slot:{key}", b"1", nx=True, px=ttl_ms)
         return bool(won)
+
+    async def enqueue_in_slot(self, task: Task, key: str, ttl_seconds: float) -> bool:
+        # One script call: the slot key (as claim_slot sets it) and the task, or neither.
+        if not ttl_seconds > 0:
+            raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
+        ttl_ms = max(1, round(ttl_seconds * 1000))
+        values = encode_new_task(task, unique=bool(task.unique_key))
+        _, took = await self._enqueue(values, key, ttl_ms)
+        return bool(took)
 
     async def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest entries moved to quarantine, each with the entry, reason and time."""

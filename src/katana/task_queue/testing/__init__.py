@@ -57,7 +57,8 @@ class BrokerContract(
     before it is due); ``dequeue`` waits without polling, wakes for new and newly due tasks,
     and hands each task to exactly one consumer; claims are fenced by ``claim_token``; every
     transition shows in ``get_task``; returned tasks are copies; ``claim_slot`` lets exactly one
-    caller take a key until it expires; ``close()`` is idempotent and ends all use.
+    caller take a key until it expires, and ``enqueue_in_slot`` stores a task only with it;
+    ``close()`` is idempotent and ends all use.
     """
 
     # Marked here, not only through asyncio_mode = "auto", so the suite also runs in projects

@@ -1,4 +1,4 @@
-"""Conformance tests for ``claim_slot``: the atomic step behind exactly-once periodic tasks."""
+"""Conformance tests for ``claim_slot`` and ``enqueue_in_slot``: exactly-once periodic tasks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import asyncio
 import uuid
 from typing import TYPE_CHECKING
 
-from ._support import ContractBase
+import pytest
+
+from ..models import TaskStatus
+from ._support import ContractBase, make_task
 
 if TYPE_CHECKING:
     from ..broker.base import AbstractBroker
@@ -61,3 +64,50 @@ class SlotContract(ContractBase):
         # Then it can be claimed again, and is taken again now
         assert await broker.claim_slot(key, 60) is True
         assert await broker.claim_slot(key, 60) is False
+
+    async def test_enqueue_in_slot_stores_the_task_only_for_the_call_that_takes_the_slot(
+        self, broker: AbstractBroker
+    ) -> None:
+        key = _key()
+        first, second = make_task(payload={"n": 1}), make_task(payload={"n": 2})
+
+        assert await broker.enqueue_in_slot(first, key, 60) is True
+        assert await broker.enqueue_in_slot(second, key, 60) is False
+
+        stored = await broker.get_task(first.id)
+        assert stored is not None
+        assert stored.status is TaskStatus.PENDING
+        assert await broker.get_task(second.id) is None
+        # The slot is the one claim_slot takes: the two share their keys
+        assert await broker.claim_slot(key, 60) is False
+
+    async def test_enqueue_in_slot_loses_to_a_slot_claimed_before(
+        self, broker: AbstractBroker
+    ) -> None:
+        key = _key()
+        assert await broker.claim_slot(key, 60) is True
+        task = make_task()
+
+        assert await broker.enqueue_in_slot(task, key, 60) is False
+
+        assert await broker.get_task(task.id) is None
+
+    async def test_exactly_one_of_many_concurrent_enqueues_in_a_slot_is_stored(
+        self, broker: AbstractBroker
+    ) -> None:
+        key = _key()
+        tasks = [make_task(payload={"n": n}) for n in range(10)]
+
+        took = await asyncio.gather(*(broker.enqueue_in_slot(task, key, 60) for task in tasks))
+
+        assert took.count(True) == 1
+        stored = [await broker.get_task(task.id) for task in tasks]
+        assert [task is not None for task in stored] == took
+        counts = await broker.count_by_status()
+        assert counts[TaskStatus.PENDING] == 1
+
+    async def test_enqueue_in_slot_rejects_a_ttl_that_is_not_positive(
+        self, broker: AbstractBroker
+    ) -> None:
+        with pytest.raises(ValueError, match="ttl_seconds"):
+            await broker.enqueue_in_slot(make_task(), _key(), 0)

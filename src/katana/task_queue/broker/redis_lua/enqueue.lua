@@ -1,11 +1,18 @@
--- Store tasks as PENDING and queue them. ARGV: prefix, now_ms, then per task eleven values
+-- Store tasks as PENDING and queue them. ARGV: prefix, now_ms, slot key ('' for none), slot
+-- ttl in ms, then per task eleven values
 -- (ENQUEUE_VALUES_PER_TASK in _redis_codec.py): id, name, payload (JSON), priority, created_at,
 -- scheduled_at (epoch seconds), due_ms, max_retries, timeout_seconds ('' for none),
 -- unique_key ('' for none), trace_context (JSON object of trace headers, '' for none).
 -- Returns {quarantined entry/reason pairs, one value per task: '' when stored, or the id of
--- the PENDING or PROCESSING task that holds its unique key (then nothing was stored)}.
-ensure_queue_types(tonumber(ARGV[2]))
+-- the PENDING or PROCESSING task that holds its unique key (then nothing was stored), 1 or 0}.
+-- With a slot key (a periodic slot, see claim_slot), the tasks are stored only if this call
+-- takes the key (SET NX PX); else nothing is and the last value is 0.
 local now_ms = tonumber(ARGV[2])
+if ARGV[3] ~= '' and not redis.call('SET', prefix .. ':slot:' .. ARGV[3], '1', 'NX', 'PX',
+    tonumber(ARGV[4])) then
+  return {quarantined_now, {}, 0}
+end
+ensure_queue_types(now_ms)
 ensure_type(ready_key, 'zset', now_ms)
 ensure_type(delayed_key, 'zset', now_ms)
 ensure_type(all_key, 'zset', now_ms)
@@ -28,7 +35,7 @@ end
 
 local due_now = 0
 local held_by = {}
-for base = 3, #ARGV, 11 do
+for base = 5, #ARGV, 11 do
   local id = ARGV[base]
   local unique = ARGV[base + 9]
   local existing = unique ~= '' and holder(unique)
@@ -69,4 +76,4 @@ for base = 3, #ARGV, 11 do
 end
 -- Every enqueue wakes the consumers: a delayed task may now be the next one due.
 redis.call('PUBLISH', wake_channel, due_now)
-return {quarantined_now, held_by}
+return {quarantined_now, held_by, 1}
