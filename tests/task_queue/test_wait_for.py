@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 import pytest
@@ -42,8 +43,11 @@ async def service(broker: AbstractBroker, clock: FakeClock) -> AsyncIterator[Tas
 
 
 async def test_wait_for_returns_the_result_once_the_task_completes(
-    service: TaskQueueService,
+    service: TaskQueueService, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Every lifecycle event is kept, so that a failure shows where the task stopped (this
+    # test timed out once in a clean-clone CI run on Redis and never again since).
+    caplog.set_level(logging.DEBUG, logger="katana")
     task = await service.add_task("add", {"a": 2, "b": 3})
     waiting = asyncio.create_task(service.wait_for(task.id, timeout=GUARD_SECONDS))
     await asyncio.sleep(0.05)  # the waiter is parked while the task is held back
@@ -51,7 +55,18 @@ async def test_wait_for_returns_the_result_once_the_task_completes(
 
     service.release.set()  # type: ignore[attr-defined]
 
-    assert await waiting == 5
+    try:
+        assert await waiting == 5
+    except TimeoutError:
+        stored = await service.get_task(task.id)
+        pytest.fail(f"the task did not finish: {stored!r}; broker state: {_state(service)}")
+
+
+def _state(service: TaskQueueService) -> dict[str, object]:
+    """What a consuming broker holds, for a failure message."""
+    broker = service.broker
+    names = ("_held", "_ahead", "_outcomes", "_waiters", "_claims_in_flight", "_claim_mode")
+    return {name: getattr(broker, name) for name in names if hasattr(broker, name)}
 
 
 async def test_wait_for_raises_the_recorded_failure(service: TaskQueueService) -> None:

@@ -37,6 +37,9 @@ class ClaimedAhead:
     def __len__(self) -> int:
         return len(self._heap)
 
+    def __repr__(self) -> str:
+        return f"ClaimedAhead({[entry[3].id for entry in sorted(self._heap)]!r})"
+
     def add(self, task: Task) -> None:
         loop = asyncio.get_running_loop()
         self._arrivals += 1
