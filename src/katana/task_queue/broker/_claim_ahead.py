@@ -62,16 +62,13 @@ class ClaimedAhead:
         return None
 
     def take_all(self) -> list[Task]:
-        tasks = [entry[3] for entry in self._heap]
-        self._heap = []
-        return tasks
-
-    def close(self) -> list[Task]:
-        """Stop the timer; what was held (to be given back)."""
+        """Take out every held task (to be given back); nothing is held, so no timer runs."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        return self.take_all()
+        tasks = [entry[3] for entry in self._heap]
+        self._heap = []
+        return tasks
 
     def _give_back_stale(self) -> None:
         self._timer = None

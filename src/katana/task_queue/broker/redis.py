@@ -302,8 +302,7 @@ class RedisBroker(AbstractBroker):
             return
         await self._stop_background()
         await self._finish_watch.close()
-        for task in self._ahead.close():
-            self._undo_claim(task)
+        self._give_back_ahead()
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -406,7 +405,8 @@ class RedisBroker(AbstractBroker):
     def _hand_over(self, task: Task) -> Task:
         """Note when a worker took ``task``; its outcome then tells how long tasks run."""
         self._run_times.started(task.id)
-        self._demand.set()  # a worker took a task: claim its replacement ahead if that pays
+        if self._claim_ahead:
+            self._demand.set()  # a worker took a task: claim its replacement ahead if it pays
         return task
 
     def _pass_on(self, waiter: asyncio.Future[Task]) -> None:
@@ -523,10 +523,13 @@ class RedisBroker(AbstractBroker):
         member = self._members.get(task.id, b"")
         return self._submit("release", task.id, task.claim_token, member, "")
 
+    def _give_back_ahead(self) -> list[asyncio.Future[bool]]:
+        """Undo the claims of every task claimed ahead (pause, shutdown, close)."""
+        return [self._undo_claim(task) for task in self._ahead.take_all()]
+
     async def release_claimed_ahead(self) -> None:
         if self._ahead and not self._closed:
-            undone = [self._undo_claim(task) for task in self._ahead.take_all()]
-            await asyncio.gather(*undone, return_exceptions=True)
+            await asyncio.gather(*self._give_back_ahead(), return_exceptions=True)
 
     def _wanted_ahead(self, waiting: int) -> int:
         """How many tasks this process should hold claimed ahead of its workers now."""
@@ -646,8 +649,7 @@ class RedisBroker(AbstractBroker):
                     if message.get("channel") == cancel_channel:
                         self._cancel_requested(bytes(message["data"]).decode(errors="replace"))
                     elif message.get("data") == b"paused":
-                        for task in self._ahead.take_all():
-                            self._undo_claim(task)
+                        self._give_back_ahead()
                     else:
                         self._wake.set()
             except (RedisError, OSError) as exc:
@@ -1040,18 +1042,14 @@ class RedisBroker(AbstractBroker):
     async def claim_slot(self, key: str, ttl_seconds: float) -> bool:
         # ``...:slot:<key>``, one per periodic slot: SET NX PX is atomic on its own (the first
         # SET wins), and Redis expires the key, so no Lua script is needed.
-        if not ttl_seconds > 0:
-            raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
-        ttl_ms = max(1, round(ttl_seconds * 1000))
+        ttl_ms = _slot_ttl_ms(ttl_seconds)
         with self._direct():
             won = await self._client.set(f"{self.prefix}:slot:{key}", b"1", nx=True, px=ttl_ms)
         return bool(won)
 
     async def enqueue_in_slot(self, task: Task, key: str, ttl_seconds: float) -> bool:
         # One script call: the slot key (as claim_slot sets it) and the task, or neither.
-        if not ttl_seconds > 0:
-            raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
-        ttl_ms = max(1, round(ttl_seconds * 1000))
+        ttl_ms = _slot_ttl_ms(ttl_seconds)
         values = encode_new_task(task, unique=bool(task.unique_key))
         _, took = await self._enqueue(values, key, ttl_ms)
         return bool(took)
@@ -1104,6 +1102,12 @@ def _pack_scripts_with_hiredis(client: aioredis.Redis) -> None:
 
     packing = {"pack_command": pack_command}
     pool.connection_class = type(f"HiredisPacking{base.__name__}", (base,), packing)
+
+
+def _slot_ttl_ms(ttl_seconds: float) -> int:
+    if not ttl_seconds > 0:
+        raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
+    return max(1, round(ttl_seconds * 1000))
 
 
 def _text(value: Any) -> str:
