@@ -268,40 +268,21 @@ class Scheduler:
             # Broker outage or the like: keep the slot due and try again (while it is the
             # latest). Slot and task are stored in one step, so a call that did succeed
             # (its reply lost) makes the retry find the slot taken: no second task.
-            logger.exception(
+            _log_slot(
+                logging.ERROR,
+                "periodic_fire_failed",
                 "periodic job %s: could not fire slot %s; trying again",
-                job.key,
-                slot.isoformat(),
-                extra={
-                    "katana_event": "periodic_fire_failed",
-                    "periodic_job": job.key,
-                    "periodic_slot": slot_key,
-                },
+                (job, slot, slot_key),
+                exc_info=True,
             )
             return False
         job.next_slot = following
-        if not fired:
-            logger.debug(
-                "periodic job %s: slot %s was taken by another process",
-                job.key,
-                slot.isoformat(),
-                extra={
-                    "katana_event": "periodic_slot_lost",
-                    "periodic_job": job.key,
-                    "periodic_slot": slot_key,
-                },
-            )
-            return True
-        logger.info(
-            "periodic job %s fired for slot %s",
-            job.key,
-            slot.isoformat(),
-            extra={
-                "katana_event": "periodic_fired",
-                "periodic_job": job.key,
-                "periodic_slot": slot_key,
-            },
-        )
+        if fired:
+            message = "periodic job %s fired for slot %s"
+            _log_slot(logging.INFO, "periodic_fired", message, (job, slot, slot_key))
+        else:
+            message = "periodic job %s: slot %s was taken by another process"
+            _log_slot(logging.DEBUG, "periodic_slot_lost", message, (job, slot, slot_key))
         return True
 
     async def _sleep(self, seconds: float | None) -> None:
@@ -310,3 +291,23 @@ class Scheduler:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
+
+
+def _log_slot(
+    level: int,
+    event: str,
+    message: str,
+    where: tuple[_Job, datetime, str],
+    *,
+    exc_info: bool = False,
+) -> None:
+    """One line about a slot (job, slot, slot key): ``message`` takes the key and ISO time."""
+    job, slot, slot_key = where
+    logger.log(
+        level,
+        message,
+        job.key,
+        slot.isoformat(),
+        exc_info=exc_info,
+        extra={"katana_event": event, "periodic_job": job.key, "periodic_slot": slot_key},
+    )

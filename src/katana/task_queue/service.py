@@ -10,7 +10,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import tracing
 from ._events import log_task_event, logger
@@ -35,12 +35,14 @@ from .models import Task, TaskExecutor, TaskStatus, utcnow
 from .periodic import MAX_JOB_KEY_LENGTH, PeriodicJob, Schedule, Scheduler, _Job
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Mapping
+    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
     from .broker.base import AbstractBroker
 from .config import DEFAULT_RETRY_POLICY, RetryPolicy
 
 __all__ = ["ServiceState", "TaskExecutor", "TaskQueueService"]
+
+_T = TypeVar("_T")
 
 #: How often ``wait_idle`` asks the broker again when no local worker reported in: tasks may
 #: be run by workers in other processes.
@@ -151,17 +153,11 @@ class TaskQueueService:
         task = self._new_task(name, payload, priority, delay_seconds, max_retries, timeout_seconds)
         if unique_key is not None:
             task.unique_key = check_unique_key(unique_key)
-            holding = self.broker.enqueue_unique(task)
-            if tracing.enabled:
-                holding = tracing.traced_send(self.broker.queue, (task,), holding)
-            existing = await holding
+            existing = await self._send((task,), self.broker.enqueue_unique(task))
             if existing is not None:
                 return existing
         else:
-            stored = self.broker.enqueue(task)
-            if tracing.enabled:
-                stored = tracing.traced_send(self.broker.queue, (task,), stored)
-            await stored
+            await self._send((task,), self.broker.enqueue(task))
         log_task_event(
             logging.INFO,
             "task_created",
@@ -179,15 +175,18 @@ class TaskQueueService:
         Every task is validated before any is enqueued.
         """
         created = [self._new_task(name, payload, 0, 0) for name, payload in tasks]
-        stored = self.broker.enqueue_many(created)
-        if tracing.enabled:
-            stored = tracing.traced_send(self.broker.queue, created, stored)
-        await stored
+        await self._send(created, self.broker.enqueue_many(created))
         for task in created:
             log_task_event(
                 logging.INFO, "task_created", task, "task %s (%s) created", task.id, task.name
             )
         return created
+
+    async def _send(self, tasks: Sequence[Task], store: Awaitable[_T]) -> _T:
+        """Await the broker's ``store`` of ``tasks``, in a ``send`` span while tracing is on."""
+        if tracing.enabled:
+            return await tracing.traced_send(self.broker.queue, tasks, store)
+        return await store
 
     def _new_task(
         self,
@@ -286,10 +285,7 @@ class TaskQueueService:
             job.name, job.payload, job.priority, 0, job.max_retries, job.timeout_seconds
         )
         task.unique_key = slot_key  # names the slot it was made for
-        stored = self.broker.enqueue_in_slot(task, slot_key, ttl_seconds)
-        if tracing.enabled:
-            stored = tracing.traced_send(self.broker.queue, (task,), stored)
-        if not await stored:
+        if not await self._send((task,), self.broker.enqueue_in_slot(task, slot_key, ttl_seconds)):
             return False
         log_task_event(
             logging.INFO,
