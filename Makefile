@@ -17,12 +17,13 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/uvicorn main:app --host 127.0.0.1 --port 8000
 
+# Checks once, then the whole suite on Python 3.11, 3.12 and 3.13 (scripts/test-matrix).
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/check
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/test
+	bash scripts/test-matrix
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_memory.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-3.* .mypy_cache .ruff_cache .pytest_cache
