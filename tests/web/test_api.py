@@ -144,6 +144,28 @@ async def test_retry_cancel_delete_and_bulk(
     assert bulk.json() == {"done": [other.id], "skipped": {"ghost": "no task has id 'ghost'"}}
 
 
+async def test_retry_of_a_task_whose_unique_key_another_task_holds_is_a_409(
+    client: httpx.AsyncClient, service: TaskQueueService
+) -> None:
+    # Given task A failed holding key K, and task B holds K now
+    first = await service.add_task("ok", unique_key="K")
+    claimed = await service.broker.dequeue(timeout=0)
+    assert claimed is not None
+    assert await service.broker.mark_failed(first.id, "boom", claim_token=claimed.claim_token)
+    second = await service.add_task("ok", unique_key="K")
+
+    # When A is retried
+    retried = await client.post(f"/katana/api/tasks/{first.id}/retry", headers=WRITE)
+
+    # Then it is refused as a conflict naming the holder, and A stays FAILED
+    assert retried.status_code == 409
+    assert retried.json()["detail"] == (
+        f"task {first.id} cannot run again: unfinished task {second.id} holds its unique key"
+    )
+    task = (await client.get(f"/katana/api/tasks/{first.id}")).json()
+    assert task["status"] == "FAILED"
+
+
 async def test_redrive_and_purge_dead_letters_by_filter(
     client: httpx.AsyncClient, service: TaskQueueService
 ) -> None:
