@@ -166,6 +166,32 @@ async def test_retry_of_a_task_whose_unique_key_another_task_holds_is_a_409(
     assert task["status"] == "FAILED"
 
 
+async def test_dead_letters_are_listed_by_the_filter_purge_uses(
+    client: httpx.AsyncClient, service: TaskQueueService
+) -> None:
+    # Given two FAILED tasks and a DEAD one
+    for n in range(2):
+        await service.add_task("bad", {"n": n})
+    dead = await service.add_task("ok", {"n": 9})
+    await service.broker.update_task_status(dead.id, TaskStatus.DEAD)
+    await finish_all(service)
+
+    # When the DEAD ones and those mentioning n=0 are listed, then purged by the same filters
+    only_dead = (await client.get("/katana/api/dead-letters", params={"status": "DEAD"})).json()
+    by_text = (await client.get("/katana/api/dead-letters", params={"text": '"n":0'})).json()
+    refused = await client.get("/katana/api/dead-letters", params={"status": "COMPLETED"})
+    purged = await client.post(
+        "/katana/api/dead-letters/purge", json={"status": "DEAD"}, headers=WRITE
+    )
+
+    # Then each list is what its filter selects, and the purge removed what the list showed
+    assert [task["id"] for task in only_dead["tasks"]] == [dead.id]
+    assert (by_text["total"], by_text["tasks"][0]["payload"]) == (1, {"n": 0})
+    assert refused.status_code == 422
+    assert purged.json() == {"count": only_dead["total"]}
+    assert (await client.get("/katana/api/dead-letters")).json()["total"] == 2
+
+
 async def test_redrive_and_purge_dead_letters_by_filter(
     client: httpx.AsyncClient, service: TaskQueueService
 ) -> None:
