@@ -222,7 +222,11 @@ class QueueManager:
         return task
 
     async def retry(self, task_id: str) -> Task:
-        """Queue a finished task again, due now; raises ``TaskStateError`` for an unfinished one."""
+        """Queue a finished task again, due now, with its full retry budget (``errors`` kept).
+
+        Raises ``TaskStateError`` for an unfinished task, or when another unfinished task
+        holds its ``unique_key`` (then it stays as it is).
+        """
         task = await self.task(task_id)
         if task.status not in RETRYABLE_STATUSES:
             raise TaskStateError(

@@ -145,7 +145,8 @@ class TaskQueueService:
 
         ``max_retries`` and ``timeout_seconds`` override what ``name`` was registered with.
         With ``unique_key``, while a task with that key is PENDING or PROCESSING, that task
-        is returned instead and nothing new is created.
+        is returned instead and nothing new is created. Keys are per queue, whatever the task
+        name: put the name in the key to scope it to one name.
 
         Raises:
             UnknownTaskError: no executor is registered under ``name`` (a ``ValueError``).
@@ -318,11 +319,13 @@ class TaskQueueService:
         raise TaskFailedError(task)
 
     async def cancel(self, task_id: str) -> bool:
-        """Cancel a task; returns whether anything was cancelled (idempotent).
+        """Cancel a task; returns whether this call's request took effect (idempotent).
 
         A pending or delayed task never runs. A running one is stopped in whichever process
         runs it (its coroutine is cancelled) and ends CANCELLED, not FAILED, and is not
-        retried. Cancelling a finished or unknown task changes nothing and returns ``False``.
+        retried. Cancelling a finished or unknown task, or one whose cancellation was asked
+        already, changes nothing and returns ``False``: of concurrent calls, exactly one
+        returns ``True``.
         """
         return await self.broker.cancel(task_id)
 
