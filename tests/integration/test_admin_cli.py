@@ -187,6 +187,33 @@ def test_retry_and_cancel_report_each_id_and_exit_1_if_any_was_skipped(
     assert stored(memory_app, completed).status is TaskStatus.COMPLETED
 
 
+def test_retry_of_a_task_whose_unique_key_another_task_holds_is_skipped_in_one_line(
+    memory_app: admin_app.KeptOpenBroker,
+) -> None:
+    # Given task A failed holding key K, and task B holds K now
+    async def given() -> tuple[str, str]:
+        app = admin_app.service()
+        first = await app.add_task("send_email", unique_key="K")
+        claimed = await memory_app.dequeue(timeout=0)
+        assert claimed is not None
+        assert await memory_app.mark_failed(first.id, "boom", claim_token=claimed.claim_token)
+        second = await app.add_task("send_email", unique_key="K")
+        return first.id, second.id
+
+    first, second = asyncio.run(given())
+
+    # When A is retried, Then it is skipped with the reason, and stays FAILED
+    result = katana("retry", first, "--app", APP)
+
+    assert result.exit_code == 1
+    assert result.stdout == (
+        f"skipped {first}: task {first} cannot run again: unfinished task {second} holds its "
+        "unique key\n"
+    )
+    no_traceback(result)
+    assert stored(memory_app, first).status is TaskStatus.FAILED
+
+
 def test_purge_asks_first_and_deletes_only_the_matching_dead_letters(
     memory_app: admin_app.KeptOpenBroker,
 ) -> None:

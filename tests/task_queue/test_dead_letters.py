@@ -74,6 +74,26 @@ async def test_a_task_that_always_fails_is_a_dead_letter_and_redrive_runs_it_aga
     assert await service.redrive(task.id) is False  # not a dead letter any more
 
 
+async def test_a_redriven_task_gets_its_full_retry_budget_again(
+    service: TaskQueueService, flaky: Flaky, clock: FakeClock, retries: RetryLog
+) -> None:
+    # Given a task that failed all 1 + 2 attempts
+    task = await finish(service, clock, retries, await service.add_task("flaky"))
+    assert flaky.runs == 3
+
+    # When it is redriven while still failing
+    assert await service.redrive(task.id) is True
+    again = await finish(service, clock, retries, task)
+
+    # Then it ran 1 + 2 attempts again (not one), and its history holds all six, in order
+    assert flaky.runs == 6
+    assert (again.status, again.attempts) == (TaskStatus.FAILED, 3)
+    assert [entry["attempt"] for entry in again.errors] == [1, 2, 3, 4, 5, 6]
+    assert [entry["error"] for entry in again.errors] == [
+        f"ValueError: attempt {n} failed" for n in (1, 2, 3, 1, 2, 3)
+    ]
+
+
 async def test_redrive_all_and_purge(service: TaskQueueService, flaky: Flaky) -> None:
     tasks = [await service.add_task("flaky", max_retries=0) for _ in range(3)]
     await service.wait_idle(timeout=GUARD_SECONDS)

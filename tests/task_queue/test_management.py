@@ -13,7 +13,7 @@ from katana.task_queue.errors import (
     TaskStateError,
     UnknownTaskError,
 )
-from katana.task_queue.listing import TaskQuery
+from katana.task_queue.listing import MAX_PAGE_SIZE, TaskQuery
 from katana.task_queue.management import QueueManager
 from katana.task_queue.models import Task, TaskStatus
 from katana.task_queue.service import TaskQueueService
@@ -117,7 +117,9 @@ async def test_retry_runs_a_failed_task_again_and_refuses_unfinished_ones(
     assert again.status in (TaskStatus.PENDING, TaskStatus.PROCESSING, TaskStatus.FAILED)
     with pytest.raises(TaskFailedError, match="bad input 1"):
         await service.wait_for(failed.id, timeout=10)
-    assert (await manager.task(failed.id)).attempts == 2
+    # Its second run had the full budget again; the history holds both runs' failures.
+    rerun = await manager.task(failed.id)
+    assert (rerun.attempts, [entry["attempt"] for entry in rerun.errors]) == (1, [1, 2])
     with pytest.raises(TaskStateError, match="only finished tasks retry"):
         await manager.retry(waiting.id)
     with pytest.raises(TaskNotFoundError):
@@ -175,9 +177,39 @@ async def test_dead_letters_are_redriven_or_purged_by_filter(
     assert redriven == 2
     await service.wait_idle(timeout=10)  # they ran, and failed, once more each
     again = await manager.dead_letters(limit=10)
-    assert sorted((task.payload["n"], task.attempts) for task in again.tasks) == [(0, 2), (2, 2)]
+    assert sorted((task.payload["n"], len(task.errors)) for task in again.tasks) == [(0, 2), (2, 2)]
     with pytest.raises(TaskStateError, match="finished tasks only"):
         await manager.retry_matching(TaskQuery(status=TaskStatus.PENDING))
+
+
+async def test_dead_letters_of_both_statuses_are_listed_and_acted_on_past_one_page(
+    manager: QueueManager, broker: AbstractBroker
+) -> None:
+    # Given more FAILED tasks than one page holds, and two DEAD ones
+    failed = [Task(name="bad") for _ in range(MAX_PAGE_SIZE + 5)]
+    dead = [Task(name="bad") for _ in range(2)]
+    await broker.enqueue_many([*failed, *dead])
+    for task in failed:
+        await broker.update_task_status(task.id, TaskStatus.FAILED)
+    for task in dead:
+        await broker.update_task_status(task.id, TaskStatus.DEAD)
+
+    # When the last page of all dead letters is read, Then it holds the last seven
+    page = await manager.dead_letters(limit=10, offset=MAX_PAGE_SIZE)
+    assert (page.total, len(page.tasks)) == (MAX_PAGE_SIZE + 7, 7)
+    only_dead = await manager.dead_letters(TaskQuery(status=TaskStatus.DEAD))
+    assert {task.id for task in only_dead.tasks} == {task.id for task in dead}
+
+    # When they are all deleted, Then every one of both statuses is gone
+    assert await manager.delete_matching(TaskQuery()) == MAX_PAGE_SIZE + 7
+    assert (await manager.dead_letters()).total == 0
+
+
+async def test_dead_letters_refuse_a_filter_outside_failed_and_dead(manager: QueueManager) -> None:
+    with pytest.raises(TaskStateError, match="not COMPLETED"):
+        await manager.dead_letters(TaskQuery(status=TaskStatus.COMPLETED))
+    with pytest.raises(TaskStateError, match="due time"):
+        await manager.dead_letters(TaskQuery(scheduled=True))
 
 
 async def test_scheduled_lists_tasks_not_yet_due(

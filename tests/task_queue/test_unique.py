@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from katana.task_queue.errors import InvalidTaskError
+from katana.task_queue.errors import InvalidTaskError, TaskStateError
+from katana.task_queue.listing import TaskQuery
+from katana.task_queue.management import QueueManager
 from katana.task_queue.models import Task, TaskStatus
 from katana.task_queue.service import TaskQueueService
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from katana.task_queue.broker.base import AbstractBroker
     from katana.task_queue.testing import FakeClock
@@ -89,3 +91,71 @@ async def test_invalid_unique_keys_are_refused(service: TaskQueueService, key: o
     with pytest.raises(InvalidTaskError, match="unique_key"):
         await service.add_task("report", unique_key=key)  # type: ignore[arg-type]  # on purpose
     assert (await service.broker.count_by_status())[TaskStatus.PENDING] == 0
+
+
+async def _failed_holder_and_successor(service: TaskQueueService) -> tuple[Task, Task]:
+    """Task A failed for good holding key K; task B was created with K since (PENDING)."""
+    first = await service.add_task("report", {"n": 1}, unique_key="k")
+    claimed = await service.broker.dequeue(timeout=GUARD_SECONDS)
+    assert claimed is not None
+    assert claimed.id == first.id
+    assert await service.broker.mark_failed(first.id, "boom", claim_token=claimed.claim_token)
+    second = await service.add_task("report", {"n": 2}, unique_key="k")
+    assert second.id != first.id
+    return first, second
+
+
+async def _service_redrive(service: TaskQueueService, task_id: str) -> object:
+    return await service.redrive(task_id)
+
+
+async def _manager_retry(service: TaskQueueService, task_id: str) -> object:
+    return await QueueManager(service.broker, service).retry(task_id)
+
+
+@pytest.mark.parametrize(
+    "redrive", [_service_redrive, _manager_retry], ids=["service.redrive", "QueueManager.retry"]
+)
+async def test_redriving_a_task_whose_key_another_task_holds_is_refused(
+    service: TaskQueueService,
+    redrive: Callable[[TaskQueueService, str], Awaitable[object]],
+) -> None:
+    # Given A failed holding K, and B holds K now
+    first, second = await _failed_holder_and_successor(service)
+
+    # When A is redriven, Then it is refused, naming the holder, and A stays as it was
+    with pytest.raises(TaskStateError, match=f"unfinished task {second.id} holds its unique key"):
+        await redrive(service, first.id)
+
+    stored = await service.get_task(first.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.FAILED
+    counts = await service.broker.count_by_status()
+    assert (counts[TaskStatus.PENDING], counts[TaskStatus.FAILED]) == (1, 1)
+    again = await service.add_task("report", {"n": 3}, unique_key="k")
+    assert again.id == second.id  # B still holds K
+
+
+async def test_bulk_redrives_skip_a_task_whose_key_another_task_holds(
+    service: TaskQueueService,
+) -> None:
+    # Given C failed without a key, A failed holding K, and B holds K now
+    other = await service.add_task("report", {"n": 4})
+    claimed = await service.broker.dequeue(timeout=GUARD_SECONDS)
+    assert claimed is not None
+    assert claimed.id == other.id
+    assert await service.broker.mark_failed(other.id, "boom", claim_token=claimed.claim_token)
+    first, _ = await _failed_holder_and_successor(service)
+    manager = QueueManager(service.broker, service)
+
+    # When every bulk form redrives them, Then A is skipped each time and C goes
+    many = await manager.retry_many([first.id])
+    assert (many.done, list(many.skipped)) == ([], [first.id])
+    assert "holds its unique key" in many.skipped[first.id]
+    assert await manager.retry_matching(TaskQuery(status=TaskStatus.FAILED)) == 1
+    assert await service.redrive_all() == 0
+    stored = await service.get_task(first.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.FAILED
+    counts = await service.broker.count_by_status()
+    assert (counts[TaskStatus.PENDING], counts[TaskStatus.FAILED]) == (2, 1)

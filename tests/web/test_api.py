@@ -144,6 +144,54 @@ async def test_retry_cancel_delete_and_bulk(
     assert bulk.json() == {"done": [other.id], "skipped": {"ghost": "no task has id 'ghost'"}}
 
 
+async def test_retry_of_a_task_whose_unique_key_another_task_holds_is_a_409(
+    client: httpx.AsyncClient, service: TaskQueueService
+) -> None:
+    # Given task A failed holding key K, and task B holds K now
+    first = await service.add_task("ok", unique_key="K")
+    claimed = await service.broker.dequeue(timeout=0)
+    assert claimed is not None
+    assert await service.broker.mark_failed(first.id, "boom", claim_token=claimed.claim_token)
+    second = await service.add_task("ok", unique_key="K")
+
+    # When A is retried
+    retried = await client.post(f"/katana/api/tasks/{first.id}/retry", headers=WRITE)
+
+    # Then it is refused as a conflict naming the holder, and A stays FAILED
+    assert retried.status_code == 409
+    assert retried.json()["detail"] == (
+        f"task {first.id} cannot run again: unfinished task {second.id} holds its unique key"
+    )
+    task = (await client.get(f"/katana/api/tasks/{first.id}")).json()
+    assert task["status"] == "FAILED"
+
+
+async def test_dead_letters_are_listed_by_the_filter_purge_uses(
+    client: httpx.AsyncClient, service: TaskQueueService
+) -> None:
+    # Given two FAILED tasks and a DEAD one
+    for n in range(2):
+        await service.add_task("bad", {"n": n})
+    dead = await service.add_task("ok", {"n": 9})
+    await service.broker.update_task_status(dead.id, TaskStatus.DEAD)
+    await finish_all(service)
+
+    # When the DEAD ones and those mentioning n=0 are listed, then purged by the same filters
+    only_dead = (await client.get("/katana/api/dead-letters", params={"status": "DEAD"})).json()
+    by_text = (await client.get("/katana/api/dead-letters", params={"text": '"n":0'})).json()
+    refused = await client.get("/katana/api/dead-letters", params={"status": "COMPLETED"})
+    purged = await client.post(
+        "/katana/api/dead-letters/purge", json={"status": "DEAD"}, headers=WRITE
+    )
+
+    # Then each list is what its filter selects, and the purge removed what the list showed
+    assert [task["id"] for task in only_dead["tasks"]] == [dead.id]
+    assert (by_text["total"], by_text["tasks"][0]["payload"]) == (1, {"n": 0})
+    assert refused.status_code == 422
+    assert purged.json() == {"count": only_dead["total"]}
+    assert (await client.get("/katana/api/dead-letters")).json()["total"] == 2
+
+
 async def test_redrive_and_purge_dead_letters_by_filter(
     client: httpx.AsyncClient, service: TaskQueueService
 ) -> None:
@@ -160,7 +208,7 @@ async def test_redrive_and_purge_dead_letters_by_filter(
     assert redriven.json() == {"count": 2}
     await service.wait_idle(timeout=10)
     letters = (await client.get("/katana/api/dead-letters")).json()
-    assert sorted(task["attempts"] for task in letters["tasks"]) == [2, 2]
+    assert sorted(len(task["errors"]) for task in letters["tasks"]) == [2, 2]
 
 
 async def test_pause_and_resume(client: httpx.AsyncClient, service: TaskQueueService) -> None:

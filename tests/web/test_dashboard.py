@@ -182,7 +182,7 @@ async def test_task_detail_shows_payload_result_error_traceback_and_attempts(
     assert 'raise ValueError(f"bad input' in bad_page  # the traceback
     assert "Attempt 1 ·" in bad_page
     assert "Attempt 2 ·" in bad_page  # every failed attempt is listed
-    assert "2 of at most 1" in bad_page
+    assert "1 of at most 1" in bad_page  # the retry's run had the full budget again
     assert f'hx-post="{PREFIX}/tasks/{bad.id}/retry"' in bad_page
     # A finished task's region does not poll; a waiting one's does
     assert f'hx-get="{PREFIX}/_/tasks/{bad.id}"' not in bad_page
@@ -391,7 +391,9 @@ async def test_redrive_and_purge_dead_letters_by_filter(
     await service.shutdown(timeout=5)
 
     purged = await client.post(
-        f"{PREFIX}/dead-letters/purge", data={"text": '"group":"a"'}, headers=WRITE
+        f"{PREFIX}/dead-letters/purge",
+        data={"text": '"group":"a"', "expected": "2"},
+        headers=WRITE,
     )
     redriven = await client.post(
         f"{PREFIX}/dead-letters/redrive", data={"status": "FAILED", "name": "bad"}, headers=WRITE
@@ -405,6 +407,109 @@ async def test_redrive_and_purge_dead_letters_by_filter(
     counts = await manager.broker.count_by_status()
     assert counts[TaskStatus.PENDING] == 2
     assert counts[TaskStatus.FAILED] == 0
+
+
+async def _dead_letter_mix(service: TaskQueueService) -> dict[str, Task]:
+    """FAILED bad tasks of groups a and b, a DEAD one of group a, a COMPLETED one of group a."""
+    tasks = {
+        label: await service.add_task(name, {"n": n, "group": group})
+        for label, name, n, group in [
+            ("failed_a", "bad", 1, "a"),
+            ("failed_b", "bad", 2, "b"),
+            ("failed_a2", "bad", 3, "a"),
+            ("dead_a", "ok", 4, "a"),
+            ("done_a", "ok", 5, "a"),
+        ]
+    }
+    await service.broker.update_task_status(tasks["dead_a"].id, TaskStatus.DEAD)
+    await run_all(service)
+    await service.shutdown(timeout=5)
+    return tasks
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({}, ["failed_a", "failed_b", "failed_a2", "dead_a"]),
+        ({"status": "DEAD"}, ["dead_a"]),
+        ({"status": "FAILED"}, ["failed_a", "failed_b", "failed_a2"]),
+        ({"name": "ok"}, ["dead_a"]),
+        ({"text": '"group":"a"'}, ["failed_a", "failed_a2", "dead_a"]),
+        ({"status": "FAILED", "text": '"group":"a"'}, ["failed_a", "failed_a2"]),
+    ],
+    ids=["none", "dead", "failed", "name", "text", "failed-and-text"],
+)
+async def test_the_dead_letters_list_count_and_purge_use_one_filter(
+    client: httpx.AsyncClient,
+    service: TaskQueueService,
+    params: dict[str, str],
+    expected: list[str],
+) -> None:
+    # Given dead letters of both statuses, names and groups, and a completed task
+    tasks = await _dead_letter_mix(service)
+    everything = {task.id for task in tasks.values()}
+    wanted = {tasks[label].id for label in expected}
+
+    # When the page is filtered, Then it lists, counts and offers to purge just those
+    page = html.unescape((await client.get(f"{PREFIX}/dead-letters", params=params)).text)
+    assert set(task_ids_listed(page)) == wanted
+    assert f"of {len(wanted)}" in page
+    assert f"All {len(wanted)} matching" in page
+    assert f"Delete the {len(wanted)} dead letter(s) matching this filter?" in page
+
+    # When those are purged with the count shown, Then exactly they are gone
+    purged = await client.post(
+        f"{PREFIX}/dead-letters/purge",
+        data={**params, "expected": str(len(wanted))},
+        headers=WRITE,
+    )
+    assert purged.status_code == 200
+    count = len(wanted)
+    assert f"Purged: {count} task{'' if count == 1 else 's'}" in purged.headers["hx-trigger"]
+    left = {task_id for task_id in everything if await service.get_task(task_id) is not None}
+    assert left == everything - wanted
+
+
+async def test_a_purge_refuses_when_more_tasks_match_than_the_page_showed(
+    client: httpx.AsyncClient, service: TaskQueueService
+) -> None:
+    # Given three FAILED dead letters, of which the page showed one (one failed since)
+    tasks = await _dead_letter_mix(service)
+
+    # When the purge says it showed fewer than match now
+    purged = await client.post(
+        f"{PREFIX}/dead-letters/purge", data={"status": "FAILED", "expected": "1"}, headers=WRITE
+    )
+
+    # Then nothing is deleted, and it says why
+    assert purged.status_code == 409
+    assert "3 tasks match the filter now, not 1" in purged.json()["detail"]
+    for task in tasks.values():
+        assert await service.get_task(task.id) is not None
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "data", "message"),
+    [
+        ("GET", "/dead-letters?status=COMPLETED", None, "dead letters are FAILED or DEAD"),
+        ("GET", "/_/table/dead-letters?scheduled=yes", None, "dead letters are FAILED or DEAD"),
+        ("POST", "/dead-letters/purge", {"status": "FAILED"}, "expected"),
+        ("POST", "/dead-letters/purge", {"expected": "9" * 5000}, "expected"),
+        ("POST", "/dead-letters/redrive", {"status": "PENDING"}, "dead letters are"),
+    ],
+)
+async def test_bad_dead_letter_filters_are_a_400(
+    client: httpx.AsyncClient,
+    service: TaskQueueService,
+    method: str,
+    path: str,
+    data: dict[str, str] | None,
+    message: str,
+) -> None:
+    response = await client.request(method, PREFIX + path, data=data, headers=WRITE)
+
+    assert response.status_code == 400
+    assert message in response.text
 
 
 async def test_pause_and_resume_from_the_overview(

@@ -41,8 +41,9 @@ def reset_running(token: Token[tuple[AbstractBroker, Task] | None]) -> None:
 def current_task() -> Task:
     """The task the calling executor runs.
 
-    Its ``attempts`` is this attempt's number (1 for the first run) and its ``id`` stays the
-    same across attempts and redeliveries: a key for idempotent side effects.
+    Its ``attempts`` is this attempt's number (1 for the first run, and again after a redrive)
+    and its ``id`` stays the same across attempts and redeliveries: a key for idempotent side
+    effects.
     """
     entry = _running.get()
     if entry is None:

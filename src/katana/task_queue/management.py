@@ -147,12 +147,25 @@ class QueueManager:
     async def workers(self) -> list[WorkerInfo]:
         return await self.broker.list_workers()
 
-    async def dead_letters(self, *, limit: int = 50, offset: int = 0) -> TaskPage:
-        """FAILED and DEAD tasks, most recently finished first."""
-        pages = [
-            await self.broker.list_tasks(TaskQuery(status=status), limit=MAX_PAGE_SIZE)
-            for status in DEAD_LETTER_STATUSES
+    async def dead_letters(
+        self, query: TaskQuery | None = None, *, limit: int = 50, offset: int = 0
+    ) -> TaskPage:
+        """FAILED and DEAD tasks ``query`` selects, most recently finished first.
+
+        ``query`` may narrow the status to FAILED or DEAD (others raise ``TaskStateError``) and
+        filter by name and text, exactly as ``retry_matching`` and ``delete_matching`` do with
+        it: the page's ``total`` is how many tasks those would act on.
+        """
+        query = query or TaskQuery()
+        queries = [
+            TaskQuery(status=status, name=query.name, text=query.text)
+            for status in _dead_letter_statuses(query)
         ]
+        if len(queries) == 1:
+            return await self.broker.list_tasks(queries[0], limit=limit, offset=offset)
+        # Both statuses, each listed newest first: the page is among the first offset + limit
+        # of each, merged.
+        pages = [await self._first(each, offset + limit) for each in queries]
         letters = sorted(
             (task for page in pages for task in page.tasks),
             key=lambda task: task.finished_at or task.created_at,
@@ -163,6 +176,17 @@ class QueueManager:
             tasks=letters[offset : offset + limit],
             total_is_exact=all(page.total_is_exact for page in pages),
         )
+
+    async def _first(self, query: TaskQuery, count: int) -> TaskPage:
+        """The first ``count`` tasks ``query`` lists, read a page at a time."""
+        tasks: list[Task] = []
+        while True:
+            page = await self.broker.list_tasks(
+                query, limit=min(MAX_PAGE_SIZE, count - len(tasks)), offset=len(tasks)
+            )
+            tasks.extend(page.tasks)
+            if len(tasks) >= count or len(page.tasks) < MAX_PAGE_SIZE:
+                return TaskPage(total=page.total, tasks=tasks, total_is_exact=page.total_is_exact)
 
     async def scheduled(self, *, limit: int = 50, offset: int = 0) -> TaskPage:
         """PENDING tasks not yet due, the soonest first."""
@@ -198,7 +222,11 @@ class QueueManager:
         return task
 
     async def retry(self, task_id: str) -> Task:
-        """Queue a finished task again, due now; raises ``TaskStateError`` for an unfinished one."""
+        """Queue a finished task again, due now, with its full retry budget (``errors`` kept).
+
+        Raises ``TaskStateError`` for an unfinished task, or when another unfinished task
+        holds its ``unique_key`` (then it stays as it is).
+        """
         task = await self.task(task_id)
         if task.status not in RETRYABLE_STATUSES:
             raise TaskStateError(
@@ -243,9 +271,14 @@ class QueueManager:
         """Retry every finished task ``query`` selects (e.g. all FAILED ``send_email``)."""
         return await self._each_matching(query, self.retry)
 
-    async def delete_matching(self, query: TaskQuery) -> int:
-        """Delete every finished task ``query`` selects; returns how many."""
-        return await self._each_matching(query, self.delete)
+    async def delete_matching(self, query: TaskQuery, *, at_most: int | None = None) -> int:
+        """Delete every finished task ``query`` selects; returns how many.
+
+        ``at_most``: how many the caller showed as matching. If more match by now (tasks failed
+        since), nothing is deleted and ``TaskStateError`` says so, so a purge never removes
+        more than was previewed.
+        """
+        return await self._each_matching(query, self.delete, at_most=at_most)
 
     async def _each(
         self, task_ids: Iterable[str], action: Callable[[str], Awaitable[object]]
@@ -261,7 +294,11 @@ class QueueManager:
         return result
 
     async def _each_matching(
-        self, query: TaskQuery, action: Callable[[str], Awaitable[object]]
+        self,
+        query: TaskQuery,
+        action: Callable[[str], Awaitable[object]],
+        *,
+        at_most: int | None = None,
     ) -> int:
         statuses = [query.status] if query.status is not None else list(DEAD_LETTER_STATUSES)
         if any(status not in TERMINAL_STATUSES for status in statuses):
@@ -271,11 +308,18 @@ class QueueManager:
         task_ids: list[str] = []
         for status in statuses:
             each = TaskQuery(status=status, name=query.name, text=query.text)
+            read = 0  # of this status: the offset is per listing
             while True:
-                page = await self.broker.list_tasks(each, limit=MAX_PAGE_SIZE, offset=len(task_ids))
+                page = await self.broker.list_tasks(each, limit=MAX_PAGE_SIZE, offset=read)
                 task_ids.extend(task.id for task in page.tasks)
+                read += len(page.tasks)
                 if len(page.tasks) < MAX_PAGE_SIZE:
                     break
+        if at_most is not None and len(task_ids) > at_most:
+            raise TaskStateError(
+                f"{len(task_ids)} tasks match the filter now, not {at_most}: nothing was done; "
+                "look at the list again"
+            )
         return len((await self._each(task_ids, action)).done)
 
     # -- the queue -----------------------------------------------------------------------
@@ -289,3 +333,17 @@ class QueueManager:
 
     async def is_paused(self) -> bool:
         return await self.broker.is_paused()
+
+
+def _dead_letter_statuses(query: TaskQuery) -> list[TaskStatus]:
+    """The dead-letter statuses ``query`` selects; ``TaskStateError`` for any other filter."""
+    if query.scheduled is not None:
+        raise TaskStateError("dead letters are finished: they cannot be filtered by due time")
+    if query.status is None:
+        return list(DEAD_LETTER_STATUSES)
+    if query.status not in DEAD_LETTER_STATUSES:
+        raise TaskStateError(
+            f"dead letters are FAILED or DEAD, not {query.status.value}: "
+            "list other finished tasks with tasks()"
+        )
+    return [query.status]

@@ -68,7 +68,8 @@ class Task:
     #: Earliest time the task may start; ``created_at`` unless it was delayed.
     scheduled_at: datetime = field(default_factory=utcnow)
     status: TaskStatus = TaskStatus.PENDING
-    #: How many times a worker has started the task.
+    #: How many times a worker has started the task since it was created or last redriven
+    #: (a redrive gives it its full retry budget again).
     attempts: int = 0
     result: Any = None
     #: ``"ExceptionType: message"`` of the last failure.
@@ -84,10 +85,13 @@ class Task:
     #: An attempt running longer is cancelled and counts as failed; ``None``: no limit.
     timeout_seconds: float | None = None
     #: One entry per failed attempt, oldest first: ``attempt``, ``error``, ``traceback``, ``at``.
+    #: Kept across redrives; ``attempt`` counts every start over the task's life.
     errors: list[dict[str, Any]] = field(default_factory=list)
-    #: While this task is PENDING or PROCESSING, no other task with this key is created.
+    #: While this task is PENDING or PROCESSING, no other task with this key is created in its
+    #: queue (keys are per queue, not per task name).
     unique_key: str | None = None
-    #: What the executor last reported with ``report_progress``: a fraction 0..1 and a note.
+    #: What the executor last reported with ``report_progress`` in the current attempt: a
+    #: fraction 0..1 and a note (a new attempt starts with none).
     progress: float | None = None
     progress_message: str | None = None
     #: The trace the task was created in, as W3C ``traceparent``/``tracestate`` headers, when

@@ -29,6 +29,7 @@ from .errors import (
     ServiceStateError,
     TaskCancelledError,
     TaskFailedError,
+    TaskStateError,
     UnknownTaskError,
 )
 from .models import Task, TaskExecutor, TaskStatus, utcnow
@@ -144,7 +145,8 @@ class TaskQueueService:
 
         ``max_retries`` and ``timeout_seconds`` override what ``name`` was registered with.
         With ``unique_key``, while a task with that key is PENDING or PROCESSING, that task
-        is returned instead and nothing new is created.
+        is returned instead and nothing new is created. Keys are per queue, whatever the task
+        name: put the name in the key to scope it to one name.
 
         Raises:
             UnknownTaskError: no executor is registered under ``name`` (a ``ValueError``).
@@ -317,11 +319,13 @@ class TaskQueueService:
         raise TaskFailedError(task)
 
     async def cancel(self, task_id: str) -> bool:
-        """Cancel a task; returns whether anything was cancelled (idempotent).
+        """Cancel a task; returns whether this call's request took effect (idempotent).
 
         A pending or delayed task never runs. A running one is stopped in whichever process
         runs it (its coroutine is cancelled) and ends CANCELLED, not FAILED, and is not
-        retried. Cancelling a finished or unknown task changes nothing and returns ``False``.
+        retried. Cancelling a finished or unknown task, or one whose cancellation was asked
+        already, changes nothing and returns ``False``: of concurrent calls, exactly one
+        returns ``True``.
         """
         return await self.broker.cancel(task_id)
 
@@ -333,7 +337,12 @@ class TaskQueueService:
         return letters[offset : offset + limit]
 
     async def redrive(self, task_id: str) -> bool:
-        """Queue a FAILED or DEAD task again, due now; ``False`` if it is not one."""
+        """Queue a FAILED or DEAD task again, due now; ``False`` if it is not one.
+
+        It gets its full retry budget again (``attempts`` starts at 0, ``errors`` is kept) and
+        retakes its ``unique_key``. Raises ``TaskStateError``, and leaves the task as it is,
+        if another unfinished task holds that key.
+        """
         task = await self.broker.get_task(task_id)
         if task is None or task.status not in (TaskStatus.FAILED, TaskStatus.DEAD):
             return False
@@ -342,8 +351,17 @@ class TaskQueueService:
         return True
 
     async def redrive_all(self) -> int:
-        """Queue every dead letter again; returns how many."""
-        return await self._each_dead_letter(self.redrive)
+        """Queue every dead letter again; returns how many.
+
+        Dead letters whose ``unique_key`` another unfinished task holds are left as they are.
+        """
+        return await self._each_dead_letter(self._redrive_if_key_free)
+
+    async def _redrive_if_key_free(self, task_id: str) -> bool:
+        try:
+            return await self.redrive(task_id)
+        except TaskStateError:
+            return False
 
     async def purge_dead_letters(self) -> int:
         """Delete every FAILED and DEAD task; returns how many."""
@@ -352,10 +370,12 @@ class TaskQueueService:
     async def _each_dead_letter(self, action: Callable[[str], Awaitable[bool]]) -> int:
         done = 0
         for status in (TaskStatus.FAILED, TaskStatus.DEAD):
+            kept = 0  # tasks the action left as they were stay listed: read on past them
             while True:
-                _, page = await self.broker.list_finished(status, limit=500)
+                _, page = await self.broker.list_finished(status, limit=500, offset=kept)
                 acted = [task for task in page if await action(task.id)]
                 done += len(acted)
+                kept += len(page) - len(acted)
                 if len(page) < 500 or not acted:
                     break
         return done

@@ -76,7 +76,8 @@ class AbstractBroker(ABC):
         """Store ``task`` unless an unfinished task holds its ``unique_key``: in one step.
 
         Returns ``None`` when ``task`` was stored, else (a copy of) the PENDING or PROCESSING
-        task holding the key. The key is free again once that task finishes.
+        task holding the key. The key is free again once that task finishes. Keys are per
+        queue, not per task name: tasks of different names with one key exclude each other.
         """
 
     async def enqueue_many(self, tasks: Iterable[Task]) -> None:
@@ -104,6 +105,11 @@ class AbstractBroker(ABC):
 
         Setting PENDING makes the task dequeueable again; setting any other status takes it
         out of the queue. Raises ``KeyError`` for an unknown id.
+
+        Setting PENDING on a finished task redrives it: it retakes its ``unique_key`` and gets
+        its full retry budget again (``attempts`` starts again at 0; ``errors`` is kept, and
+        its entries go on numbering attempts over the task's whole life). If another
+        unfinished task holds the key, it raises ``TaskStateError`` and changes nothing.
         """
 
     @abstractmethod
@@ -154,7 +160,10 @@ class AbstractBroker(ABC):
     async def set_progress(
         self, task_id: str, fraction: float, message: str, *, claim_token: str | None = None
     ) -> bool:
-        """Record a running task's progress; ``False`` if the claim was lost."""
+        """Record a running task's progress; ``False`` if the claim was lost.
+
+        Progress belongs to one attempt: ``dequeue`` clears it when the next attempt starts.
+        """
 
     @abstractmethod
     async def extend_lease(self, task_id: str, claim_token: str) -> bool:
@@ -165,12 +174,14 @@ class AbstractBroker(ABC):
 
     @abstractmethod
     async def cancel(self, task_id: str) -> bool:
-        """Cancel a task; returns whether anything was cancelled (idempotent).
+        """Cancel a task; returns whether this call's request took effect (idempotent).
 
         A PENDING task, due or delayed, is CANCELLED at once and never runs. For a PROCESSING
         task the cancellation is requested: the cancel listeners of the process running it
         (``add_cancel_listener``) are called with its id, and its worker stops it and records
-        it with ``mark_cancelled``. A finished or unknown task is left alone (``False``).
+        it with ``mark_cancelled``. A finished or unknown task is left alone (``False``), and so
+        is one whose cancellation was requested already: of any number of concurrent calls,
+        exactly one returns ``True``.
         """
 
     @abstractmethod

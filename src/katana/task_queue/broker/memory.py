@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import BrokerClosedError
+from ..errors import BrokerClosedError, TaskStateError
 from ..listing import TaskPage, check_page
 from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error
 from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
@@ -82,6 +82,9 @@ class InMemoryBroker(AbstractBroker):
         self._cancel_listeners: list[Callable[[str], None]] = []
         # Unique key -> id of the task that took it (free again once that task finished).
         self._unique: dict[str, str] = {}
+        # Task id -> attempts it made before it was last redriven: its errors keep counting
+        # from there, while its retry budget (``attempts``) starts again at 0.
+        self._attempts_before: dict[str, int] = {}
         # PROCESSING tasks whose cancellation was requested: they must not be queued again.
         self._cancel_requested: set[str] = set()
         self._settled: dict[bool, asyncio.Future[bool]] = {}
@@ -108,7 +111,8 @@ class InMemoryBroker(AbstractBroker):
     # -- writing -------------------------------------------------------------------------
 
     def _forget_expired(self) -> None:
-        """Drop finished tasks older than the result TTL (checked as tasks come and go)."""
+        """Drop finished tasks older than the result TTL: before every read and write, so a
+        task past its retention is gone whether or not other tasks came and went since."""
         ttl = self.result_ttl_seconds
         finished = self._finished
         if ttl is None or not finished:
@@ -122,6 +126,7 @@ class InMemoryBroker(AbstractBroker):
             task = self._tasks.get(task_id)
             if task is not None and task.status in TERMINAL_STATUSES:
                 del self._tasks[task_id]
+                self._attempts_before.pop(task_id, None)
                 self._status_counts[task.status] -= 1
 
     async def enqueue(self, task: Task) -> None:
@@ -153,6 +158,7 @@ class InMemoryBroker(AbstractBroker):
         previous = self._tasks.get(stored.id)
         if previous is not None:
             self._status_counts[previous.status] -= 1
+            self._attempts_before.pop(stored.id, None)
         self._tasks[stored.id] = stored
         self._status_counts[TaskStatus.PENDING] += 1
         self._push(stored)
@@ -187,6 +193,7 @@ class InMemoryBroker(AbstractBroker):
 
     async def wait_finished(self, task_id: str, timeout: float | None = None) -> Task | None:
         self._ensure_open()
+        self._forget_expired()
         async with asyncio.timeout(timeout):
             task = self._tasks.get(task_id)
             while task is not None and task.status not in TERMINAL_STATUSES:
@@ -253,6 +260,7 @@ class InMemoryBroker(AbstractBroker):
             task.attempts += 1
             task.started_at = self._instant()
             task.finished_at = None
+            task.progress = task.progress_message = None  # each attempt reports its own
             task.claim_token = str(next(self._claims))
             if ready and self._waiters:
                 self._wake_one()
@@ -395,7 +403,8 @@ class InMemoryBroker(AbstractBroker):
         task.error = error
         task.traceback = traceback
         at = self._instant()
-        task.errors.append(attempt_error(task.attempts, error, traceback, at))
+        attempt = self._attempts_before.get(task.id, 0) + task.attempts
+        task.errors.append(attempt_error(attempt, error, traceback, at))
 
     def _make_pending(self, task: Task, scheduled_at: datetime) -> None:
         self._set_status(task, TaskStatus.PENDING)
@@ -426,6 +435,7 @@ class InMemoryBroker(AbstractBroker):
 
     async def cancel(self, task_id: str) -> bool:
         self._ensure_open()
+        self._forget_expired()
         task = self._tasks.get(task_id)
         if task is None or task.status in TERMINAL_STATUSES:
             return False
@@ -434,6 +444,8 @@ class InMemoryBroker(AbstractBroker):
             self._set_status(task, TaskStatus.CANCELLED)
             task.finished_at = self._instant()
             return True
+        if task_id in self._cancel_requested:
+            return False  # an earlier request took effect: only that one returns True
         self._cancel_requested.add(task_id)
         for listener in list(self._cancel_listeners):
             listener(task_id)
@@ -454,11 +466,14 @@ class InMemoryBroker(AbstractBroker):
 
     async def update_task_status(self, task_id: str, status: TaskStatus) -> None:
         self._ensure_open()
+        self._forget_expired()
         task = self._tasks.get(task_id)
         if task is None:
             raise KeyError(task_id)
         if status is TaskStatus.PENDING:
-            if task.status is not TaskStatus.PENDING:
+            if task.status in TERMINAL_STATUSES:
+                self._redrive(task)
+            elif task.status is not TaskStatus.PENDING:
                 self._make_pending(task, task.scheduled_at)
             return
         self._queued.pop(task_id, None)
@@ -470,15 +485,32 @@ class InMemoryBroker(AbstractBroker):
             if status in TERMINAL_STATUSES:
                 task.finished_at = self._instant()
 
+    def _redrive(self, task: Task) -> None:
+        """Queue a finished task again with its full retry budget, retaking its unique key."""
+        key = task.unique_key
+        if key is not None:
+            holder = self._tasks.get(self._unique.get(key, ""))
+            if holder is not None and holder is not task and holder.status in _UNFINISHED:
+                raise TaskStateError(
+                    f"task {task.id} cannot run again: unfinished task {holder.id} holds its "
+                    "unique key"
+                )
+            self._unique[key] = task.id
+        self._attempts_before[task.id] = self._attempts_before.get(task.id, 0) + task.attempts
+        task.attempts = 0
+        self._make_pending(task, task.scheduled_at)
+
     # -- reading -------------------------------------------------------------------------
 
     async def get_task(self, task_id: str) -> Task | None:
         self._ensure_open()
+        self._forget_expired()
         task = self._tasks.get(task_id)
         return None if task is None else task.copy()
 
     async def list_tasks(self, query: TaskQuery, *, limit: int = 50, offset: int = 0) -> TaskPage:
         self._ensure_open()
+        self._forget_expired()
         check_page(limit, offset)
         now = self._now()
         matches = [task for task in self._tasks.values() if query.matches(task, now)]
@@ -519,6 +551,7 @@ class InMemoryBroker(AbstractBroker):
 
     async def finished_counts(self, edges: Sequence[datetime]) -> list[int]:
         self._ensure_open()
+        self._forget_expired()
         bounds = [edge.timestamp() for edge in edges]
         counts = [0] * max(len(bounds) - 1, 0)
         if not counts:
@@ -562,6 +595,7 @@ class InMemoryBroker(AbstractBroker):
 
     async def delete_task(self, task_id: str) -> bool:
         self._ensure_open()
+        self._forget_expired()
         task = self._tasks.get(task_id)
         if task is None:
             raise KeyError(task_id)
@@ -569,11 +603,13 @@ class InMemoryBroker(AbstractBroker):
             return False
         del self._tasks[task_id]
         self._last_finished.pop(task_id, None)
+        self._attempts_before.pop(task_id, None)
         self._status_counts[task.status] -= 1
         return True
 
     async def count_by_status(self) -> dict[TaskStatus, int]:
         self._ensure_open()
+        self._forget_expired()
         return dict(self._status_counts)
 
     async def claim_slot(self, key: str, ttl_seconds: float) -> bool:

@@ -48,7 +48,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .._urls import masked_url
-from ..errors import BrokerClosedError, BrokerError, BrokerUnavailableError
+from ..errors import BrokerClosedError, BrokerError, BrokerUnavailableError, TaskStateError
 from ..listing import FILTER_SCAN_LIMIT, TaskPage, WorkerInfo, check_page
 from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error, new_task_id
 from ._claim_ahead import ClaimedAhead, RunTimes
@@ -878,6 +878,11 @@ class RedisBroker(AbstractBroker):
             "set_status",
             [self._now_ms(), task_id, TaskStatus(status).value, int(self.lease_seconds * 1000)],
         )
+        if isinstance(code, bytes):
+            raise TaskStateError(
+                f"task {task_id} cannot run again: unfinished task {code.decode()} holds its "
+                "unique key"
+            )
         if code < 0:
             raise KeyError(task_id)
         if status is not TaskStatus.PROCESSING:

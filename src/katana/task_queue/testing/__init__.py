@@ -32,6 +32,7 @@ pytest.register_assert_rewrite(
     f"{__name__}._lifecycle",
     f"{__name__}._management",
     f"{__name__}._queueing",
+    f"{__name__}._semantics",
     f"{__name__}._slots",
     f"{__name__}._storage",
     f"{__name__}._support",
@@ -41,6 +42,7 @@ from ._clock import FakeClock  # noqa: E402  # after the rewrite registration ab
 from ._lifecycle import LifecycleContract  # noqa: E402  # after the rewrite registration above
 from ._management import ManagementContract  # noqa: E402  # after the rewrite registration above
 from ._queueing import QueueingContract  # noqa: E402  # after the rewrite registration above
+from ._semantics import SemanticsContract  # noqa: E402  # after the rewrite registration above
 from ._slots import SlotContract  # noqa: E402  # after the rewrite registration above
 from ._storage import StorageContract  # noqa: E402  # after the rewrite registration above
 
@@ -48,7 +50,12 @@ __all__ = ["BrokerContract", "FakeClock"]
 
 
 class BrokerContract(
-    StorageContract, QueueingContract, LifecycleContract, ManagementContract, SlotContract
+    StorageContract,
+    QueueingContract,
+    LifecycleContract,
+    ManagementContract,
+    SlotContract,
+    SemanticsContract,
 ):
     """The broker conformance suite: a class of async pytest tests over a ``broker`` fixture.
 
@@ -58,7 +65,9 @@ class BrokerContract(
     and hands each task to exactly one consumer; claims are fenced by ``claim_token``; every
     transition shows in ``get_task``; returned tasks are copies; ``claim_slot`` lets exactly one
     caller take a key until it expires, and ``enqueue_in_slot`` stores a task only with it;
-    ``close()`` is idempotent and ends all use.
+    unique keys are per queue and a redrive retakes its key or is refused, with a fresh retry
+    budget; of concurrent cancels exactly one returns ``True``; a new attempt starts without
+    progress; ``close()`` is idempotent and ends all use.
     """
 
     # Marked here, not only through asyncio_mode = "auto", so the suite also runs in projects

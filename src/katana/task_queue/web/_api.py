@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, status
 
@@ -23,6 +23,8 @@ from ._schemas import (
     WorkerOut,
 )
 
+#: The statuses a dead letter has (``DEAD_LETTER_STATUSES``), as a filter accepts them.
+DeadLetterStatus = Literal["FAILED", "DEAD"]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, description="Tasks to skip.")]
 
@@ -115,9 +117,19 @@ async def bulk(body: BulkActionIn, manager: Manager) -> ActionOut:
 
 
 @router.get("/dead-letters", response_model=PageOut, summary="FAILED and DEAD tasks")
-async def dead_letters(manager: Manager, limit: Limit = 50, offset: Offset = 0) -> PageOut:
+async def dead_letters(  # one argument per filter
+    manager: Manager,
+    task_status: Annotated[DeadLetterStatus | None, Query(alias="status")] = None,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+    text: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> PageOut:
+    """The dead letters the filter selects: what redrive and purge with it act on."""
     with http_errors():
-        page = await manager.dead_letters(limit=limit, offset=offset)
+        status_filter = None if task_status is None else TaskStatus(task_status)
+        query = TaskQuery(status=status_filter, name=name, text=text)
+        page = await manager.dead_letters(query, limit=limit, offset=offset)
     return PageOut.of(page, limit, offset)
 
 

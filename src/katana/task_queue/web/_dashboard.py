@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute
 
 from ..errors import BrokerError, TaskNotFoundError
 from ..listing import TaskQuery
+from ..management import DEAD_LETTER_STATUSES
 from ..models import TERMINAL_STATUSES, TaskStatus
 from ._deps import Manager, require_write
 from ._errors import http_errors
@@ -123,11 +124,22 @@ def _error_page(request: Request, status_code: int, message: str) -> HTMLRespons
     return _render(request, "error.html", {"message": message}, status_code=status_code)
 
 
-def _listing(request: Request) -> Listing:
+def _listing(request: Request, view: _TableView) -> Listing:
     try:
-        return parse_listing(request.query_params)
+        return _view_listing(view, request.query_params)
     except FilterError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+
+
+def _view_listing(view: _TableView, params: Mapping[str, str]) -> Listing:
+    """The listing ``params`` ask of ``view``; raises ``FilterError``."""
+    listing = parse_listing(params)
+    query = listing.query
+    if view is _DEAD_LETTERS and (
+        query.scheduled is not None or query.status not in (None, *DEAD_LETTER_STATUSES)
+    ):
+        raise FilterError("dead letters are FAILED or DEAD: filter by one of those, or by none")
+    return listing
 
 
 @contextmanager
@@ -191,7 +203,7 @@ async def _resume(request: Request, manager: Manager) -> Response:
 async def _table(manager: QueueManager, view: _TableView, listing: Listing) -> dict[str, Any]:
     page: TaskPage
     if view is _DEAD_LETTERS:
-        page = await manager.dead_letters(limit=listing.limit, offset=listing.offset)
+        page = await manager.dead_letters(listing.query, limit=listing.limit, offset=listing.offset)
     elif view is _SCHEDULED:
         page = await manager.scheduled(limit=listing.limit, offset=listing.offset)
     else:
@@ -211,7 +223,7 @@ async def _table_response(
 
 async def _table_page(request: Request, manager: Manager, view: _TableView) -> HTMLResponse:
     try:
-        listing = parse_listing(request.query_params)
+        listing = _view_listing(view, request.query_params)
     except FilterError as exc:
         return _error_page(request, status.HTTP_400_BAD_REQUEST, f"Invalid filter: {exc}")
     return await _table_response(request, manager, view, live=False, listing=listing)
@@ -237,7 +249,8 @@ async def _table_live(request: Request, manager: Manager, view_key: str) -> HTML
     view = _VIEWS.get(view_key)
     if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no task listing is named {view_key!r}")
-    return await _table_response(request, manager, view, live=True, listing=_listing(request))
+    listing = _listing(request, view)
+    return await _table_response(request, manager, view, live=True, listing=listing)
 
 
 @router.post("/tasks/bulk", dependencies=_write)
@@ -268,17 +281,26 @@ async def _bulk(request: Request, manager: Manager) -> Response:
 
 
 async def _matching(request: Request, manager: Manager, purge: bool) -> Response:
+    """Act on the dead letters the listing shown selects: the same filter as its list and count.
+
+    The form sends the count it showed (``expected``); a purge deletes nothing if more match
+    by now, so it never removes more than the page said it would.
+    """
     with _acting():
         form = await form_data(request)
-        listing = parse_listing(form.as_dict())
+        listing = _view_listing(_DEAD_LETTERS, form.as_dict())
         query = TaskQuery(
             status=listing.query.status, name=listing.query.name, text=listing.query.text
         )
         if purge:
-            count = await manager.delete_matching(query)
+            expected = form.get("expected").strip()
+            if not (expected.isdecimal() and len(expected) <= 9):
+                raise FilterError("the purge form must say how many tasks it showed (expected)")
+            count = await manager.delete_matching(query, at_most=int(expected))
         else:
             count = await manager.retry_matching(query)
-    response = await _table_response(request, manager, _DEAD_LETTERS, live=True, listing=Listing())
+    shown = Listing(query=listing.query, limit=listing.limit)
+    response = await _table_response(request, manager, _DEAD_LETTERS, live=True, listing=shown)
     verb = "Purged" if purge else "Queued again"
     return _flash(response, f"{verb}: {count} task{'' if count == 1 else 's'}")
 

@@ -134,6 +134,13 @@ end
 
 local TERMINAL = {COMPLETED = true, FAILED = true, CANCELLED = true, DEAD = true}
 
+-- The number of the task's current attempt over its whole life: a redrive starts 'attempts'
+-- (the retry budget) again at 0 and adds what it had to 'attempts_before'.
+local function attempt_number(key)
+  local row = redis.call('HMGET', key, 'attempts', 'attempts_before')
+  return (tonumber(row[1]) or 0) + (tonumber(row[2]) or 0)
+end
+
 -- Keep the per-status counters of terminal states in step with a status change of the task
 -- stored at `key`; a task that finishes gives up its unique key (`unique`: the record's
 -- unique_key, false for none, when the caller has read it already).
@@ -167,7 +174,8 @@ end
 --   'release':  a task claimed ahead that never started: the claim is undone (attempts and
 --               deliveries as before it) and it takes its old place in the ready set again,
 --               a = its ready entry from the claim
--- Error entries are kept as fields 'err:<attempt>'.
+-- Error entries are kept as fields 'err:<attempt>', counting the attempts made before the
+-- task was last redriven ('attempts_before', see set_status.lua) so that none is overwritten.
 -- Returns one code per outcome: 1 applied, 0 the claim was lost, -1 unknown task.
 local function apply_outcomes(first, last, now_ms)
   local now_s = string.format('%.6f', now_ms / 1000)
@@ -271,7 +279,7 @@ local function apply_outcomes(first, last, now_ms)
           transition(checked, key, id, status, 'FAILED', row[5])
           redis.call('HSET', key, 'status', 'FAILED', 'finished_at', now_s,
             'error', ARGV[base + 3], 'traceback', ARGV[base + 4],
-            'err:' .. (redis.call('HGET', key, 'attempts') or '0'), ARGV[base + 5])
+            'err:' .. attempt_number(key), ARGV[base + 5])
           redis.call('HDEL', key, 'claim_token', 'cancel_requested')
         elseif op == 'release' then
           transition(checked, key, id, status, 'PENDING', row[5])
@@ -296,7 +304,7 @@ local function apply_outcomes(first, last, now_ms)
           redis.call('HDEL', key, 'claim_token', 'finished_at')
           if ARGV[base + 5] ~= '' then
             redis.call('HSET', key, 'error', ARGV[base + 4],
-              'err:' .. (redis.call('HGET', key, 'attempts') or '0'), ARGV[base + 5])
+              'err:' .. attempt_number(key), ARGV[base + 5])
           end
           place(key, id, tonumber(redis.call('HGET', key, 'priority')) or 0, due_ms, now_ms)
           requeued = requeued + 1

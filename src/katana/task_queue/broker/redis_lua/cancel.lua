@@ -1,6 +1,8 @@
 -- Cancel a task. ARGV: prefix, now_ms, id. A PENDING task (due or delayed) is CANCELLED at
 -- once (returns 1); for a PROCESSING one the cancellation is requested and the processes
--- running tasks of this queue are told (returns 2); anything else is left alone (returns 0).
+-- running tasks of this queue are told (returns 2); anything else is left alone (returns 0),
+-- a PROCESSING task whose cancellation was requested already included: of any number of
+-- concurrent cancels, only the one that took effect returns non-zero.
 ensure_queue_types(tonumber(ARGV[2]))
 local now_ms = tonumber(ARGV[2])
 local id = ARGV[3]
@@ -17,6 +19,9 @@ if status == 'PENDING' then
   return 1
 end
 if status == 'PROCESSING' then
+  if redis.call('HEXISTS', key, 'cancel_requested') == 1 then
+    return 0
+  end
   redis.call('HSET', key, 'cancel_requested', 1)
   redis.call('PUBLISH', cancel_channel, id)
   return 2

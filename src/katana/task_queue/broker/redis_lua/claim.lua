@@ -89,7 +89,8 @@ local function take(member, score)
   redis.call('HSET', key, 'status', 'PROCESSING', 'started_at', now_s,
     'claim_token', token_base .. ':' .. n, 'attempts', attempts + 1,
     'deliveries', deliveries + 1)
-  redis.call('HDEL', key, 'finished_at', 'member')
+  -- Each attempt reports its own progress: none yet.
+  redis.call('HDEL', key, 'finished_at', 'member', 'progress', 'progress_message')
   leases[#leases + 1] = now_ms + lease_ms
   leases[#leases + 1] = id
   local record = redis.call('HGETALL', key)
