@@ -173,3 +173,44 @@ async def test_a_live_consumer_keeps_its_claim_and_leaves_no_keys_behind(
     assert await raw.smembers(f"{live.prefix}:owners") == set()
     assert [key async for key in raw.scan_iter(match=f"{live.prefix}:owned:*")] == []
     assert [key async for key in raw.scan_iter(match=f"{live.prefix}:alive:*")] == []
+
+
+@pytest.mark.parametrize("suffix", ["owners", "sweep", "owned:{owner}", "alive:{owner}"])
+async def test_garbage_under_an_orphan_key_stops_neither_claims_nor_heartbeats(
+    make_broker: Callable[..., RedisBroker], raw: aioredis.Redis, suffix: str
+) -> None:
+    # Given a list where one of the liveness keys belongs
+    broker = make_broker()
+    key = f"{broker.prefix}:{suffix.format(owner=broker._owner)}"
+    await raw.rpush(key, "garbage")
+    await broker.enqueue(make_task("t"))
+
+    # When a task is claimed, heartbeats run and its completion is written
+    claimed = await broker.dequeue(timeout=0)
+    assert claimed is not None
+    await broker.heartbeat()
+    await broker.heartbeat()
+
+    # Then all of it worked, and the garbage went aside (a mark is simply overwritten)
+    assert await broker.mark_complete(claimed.id, "done", claim_token=claimed.claim_token)
+    stored = await broker.get_task(claimed.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.COMPLETED
+    if not suffix.startswith("alive"):
+        assert any(note["entry"] == key for note in await broker.quarantined())
+
+
+async def test_garbage_under_a_gone_owners_claims_does_not_stop_the_sweep(
+    make_broker: Callable[..., RedisBroker], raw: aioredis.Redis
+) -> None:
+    # Given an owner that is gone, whose owned set is garbage, beside a real orphan
+    gone = make_broker()
+    claimed = await _claim_and_vanish(gone)
+    await raw.sadd(f"{gone.prefix}:owners", "ghost")
+    await raw.set(f"{gone.prefix}:owned:ghost", "garbage")
+    await _swept_just_now(raw, gone)
+
+    # When another consumer's heartbeat sweeps, then the real orphan is back all the same
+    other = make_broker()
+    await _heartbeat_until(other, claimed.id, TaskStatus.PENDING)
+    assert not await raw.sismember(f"{gone.prefix}:owners", "ghost")
