@@ -136,7 +136,8 @@ class RedisBroker(AbstractBroker):
         heartbeat_seconds: How often leases are renewed (default: a third of the lease).
             Expired leases and the claims of processes that are gone are recovered every
             second, or every ``heartbeat_seconds`` if that is shorter.
-        max_deliveries: After this many deliveries whose lease expired, the task is DEAD.
+        max_deliveries: After this many deliveries that lost their worker (its lease or its
+            process's liveness mark expired), the task is DEAD.
         claim_batch: The most tasks one claim round trip takes.
         claim_ahead: While the queue has a backlog and this process's tasks run shorter than
             20 ms on average, claim up to one task per worker ahead of need, so that no worker

@@ -1,9 +1,10 @@
 -- Record a consumer's pending outcomes, then claim up to `count` due tasks for it, in one
 -- round trip. ARGV: prefix, now_ms, count, lease_ms, token_base, exclusive, owner, alive_ms,
 -- then six values per outcome (see apply_outcomes). The claims are tagged with `owner`, whose
--- liveness mark this refreshes for `alive_ms` (see heartbeat.lua for what that mark is for). Returns {next_due_ms or '', outcome codes, quarantined
--- entry/reason pairs, mode, record, record, ...}: each record is the task's HGETALL followed
--- by 'id', id, 'member', its ready entry.
+-- liveness mark this refreshes for `alive_ms` (heartbeat.lua says what the mark is for).
+-- Returns {next_due_ms or '', outcome codes, quarantined entry/reason pairs, mode, record,
+-- record, ...}: each record is the task's HGETALL followed by 'id', id, 'member', its ready
+-- entry.
 --
 -- A suspect task (its worker died while it ran) may be what kills workers, so it never
 -- shares a process with other tasks: it is claimed only by a consumer that holds nothing
