@@ -141,7 +141,7 @@ class StallingClaimBroker(RedisBroker):
         self.stalled = asyncio.Event()
 
     async def _run(self, script: str, args: list[Any]) -> Any:
-        if script == "claim" and self.stall and len(args) > 5:  # outcomes follow five values
+        if script == "claim" and self.stall and len(args) > 7:  # outcomes follow seven values
             self.stalled.set()
             await asyncio.Event().wait()
         return await super()._run(script, args)

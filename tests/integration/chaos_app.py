@@ -105,7 +105,12 @@ class ChaosTasks:
         self.ledger = ledger
 
     def executors(self) -> dict[str, Callable[[Task], Awaitable[None]]]:
-        return {"chaos": self.chaos, "poison": self.poison, "sleep": self.sleep}
+        return {
+            "block": self.block,
+            "chaos": self.chaos,
+            "poison": self.poison,
+            "sleep": self.sleep,
+        }
 
     async def chaos(self, task: Task) -> None:
         """Logs its start, awaits 0-5 ms, logs that it is done."""
@@ -117,6 +122,13 @@ class ChaosTasks:
         """Logs its start, sleeps ``payload["seconds"]``, logs that it is done."""
         await self.ledger.started(task.id)
         await asyncio.sleep(float(task.payload["seconds"]))
+        await self.ledger.note("done", task.id)
+
+    async def block(self, task: Task) -> None:
+        """Logs its start, blocks the event loop ``payload["seconds"]``, logs that it is done."""
+        await self.ledger.started(task.id)
+        # Blocking the loop is the point: CPU work in an ``async def`` executor.
+        time.sleep(float(task.payload["seconds"]))  # noqa: ASYNC251
         await self.ledger.note("done", task.id)
 
     async def poison(self, task: Task) -> None:

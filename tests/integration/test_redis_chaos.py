@@ -509,7 +509,7 @@ def test_the_banner_shows_the_setup_with_the_password_masked(
     assert re.search(rf"broker: +RedisBroker {re.escape(masked)}$", banner, re.MULTILINE), banner
     assert re.search(rf"queue: +{chaos.queue}$", banner, re.MULTILINE), banner
     assert re.search(r"processes: +1 x concurrency 3$", banner, re.MULTILINE), banner
-    assert re.search(r"tasks: +chaos, poison, sleep$", banner, re.MULTILINE), banner
+    assert re.search(r"tasks: +block, chaos, poison, sleep$", banner, re.MULTILINE), banner
 
 
 @pytest.mark.timeout(90)
@@ -560,3 +560,137 @@ async def test_cancelling_a_task_running_in_another_process_stops_it(
     after = await chaos.service.add_task("chaos")
     assert await chaos.service.wait_for(after.id, timeout=STARTUP_SECONDS) is None
     assert worker.alive()
+
+
+# -- 5. Orphans: the tasks of a process that is gone ---------------------------------------------
+
+#: The promise: with default settings, a killed process's tasks run again within this.
+ORPHAN_RERUN_SECONDS = 5.0
+#: RedisBroker's default lease (its heartbeat is a third of it, also the default).
+DEFAULT_LEASE = 30.0
+
+
+async def _wait_for_start(
+    chaos: Chaos, task_id: str, *, other_than: int, timeout: float
+) -> LedgerEntry:
+    """The first start of ``task_id`` in a process other than ``other_than``."""
+
+    def elsewhere(entries: list[LedgerEntry]) -> list[LedgerEntry]:
+        return [
+            e for e in entries if (e.event, e.task_id) == ("start", task_id) and e.pid != other_than
+        ]
+
+    async def started() -> bool:
+        return bool(elsewhere(await chaos.ledger()))
+
+    await wait_until(started, timeout, f"task {task_id} to start outside process {other_than}")
+    return elsewhere(await chaos.ledger())[0]
+
+
+async def _start_consuming_worker(chaos: Chaos, busy: WorkerProcess) -> WorkerProcess:
+    """A second worker, known to consume: it ran a task while ``busy`` had no worker free."""
+    worker = chaos.start_worker("-c", "1")
+    probe = await chaos.service.add_task("chaos")
+    start = await _wait_for_start(chaos, probe.id, other_than=busy.pid, timeout=STARTUP_SECONDS)
+    assert start.pid == worker.pid
+    return worker
+
+
+@pytest.mark.timeout(120)
+async def test_a_killed_processs_task_runs_again_within_5_s_with_default_settings(
+    make_chaos: Callable[..., Chaos], record_property: Callable[[str, object], None]
+) -> None:
+    chaos = make_chaos(DEFAULT_LEASE)
+    # Given a worker process running a 60 s task under the default 30 s lease, and another one
+    victim = chaos.start_worker("-c", "1")
+    task = await chaos.service.add_task("sleep", {"seconds": 60})
+    (first,) = await chaos.wait_for_starts(1, STARTUP_SECONDS)
+    assert first.pid == victim.pid
+    survivor = await _start_consuming_worker(chaos, victim)
+
+    # When the first one is killed with SIGKILL
+    killed_at = time.time()
+    victim.send(signal.SIGKILL)
+    assert await victim.wait(SLACK) == -signal.SIGKILL
+
+    # Then the task starts again in the other process within 5 s of the kill, as its second
+    # attempt (waiting a little longer, so that a late start fails on the measured delay)
+    again = await _wait_for_start(
+        chaos, task.id, other_than=victim.pid, timeout=ORPHAN_RERUN_SECONDS + SLACK
+    )
+    delay = again.time - killed_at
+    record_property("orphan_rerun_seconds", round(delay, 3))
+    assert again.pid == survivor.pid
+    assert 0 < delay <= ORPHAN_RERUN_SECONDS, f"ran again {delay:.2f}s after the kill"
+    stored = await chaos.service.get_task(task.id)
+    assert stored is not None
+    assert (stored.status, stored.attempts) == (TaskStatus.PROCESSING, 2)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("executor", "lease_seconds"),
+    [
+        # Awaits 8 s: past the 3 s liveness mark and four 2 s leases, renewed by heartbeats.
+        ("sleep", 2.0),
+        # Blocks its event loop 8 s (CPU work in an async def): the liveness mark, refreshed
+        # from a thread, keeps the claim; only the lease, renewed by the loop, could lose it.
+        ("block", DEFAULT_LEASE),
+    ],
+)
+async def test_a_live_processs_long_task_is_not_run_again(
+    make_chaos: Callable[..., Chaos], executor: str, lease_seconds: float
+) -> None:
+    chaos = make_chaos(lease_seconds)
+    # Given a worker process running an 8 s task, and another worker process waiting for work
+    runner = chaos.start_worker("-c", "1")
+    task = await chaos.service.add_task(executor, {"seconds": 8})
+    (first,) = await chaos.wait_for_starts(1, STARTUP_SECONDS)
+    assert first.pid == runner.pid
+    await _start_consuming_worker(chaos, runner)
+
+    # When the task finishes
+    assert await chaos.service.wait_for(task.id, timeout=8 + STARTUP_SECONDS) is None
+
+    # Then it ran once, in the first process, and that process's completion was recorded
+    runs = [(e.event, e.pid) for e in await chaos.ledger() if e.task_id == task.id]
+    assert runs == [("start", runner.pid), ("done", runner.pid), ("ack", runner.pid)]
+    stored = await chaos.service.get_task(task.id)
+    assert stored is not None
+    assert (stored.status, stored.attempts) == (TaskStatus.COMPLETED, 1)
+
+
+@pytest.mark.timeout(120)
+async def test_a_frozen_processs_task_runs_elsewhere_and_its_late_outcome_is_rejected(
+    make_chaos: Callable[..., Chaos],
+) -> None:
+    chaos = make_chaos(DEFAULT_LEASE)
+    # Given a worker process running a 3 s task, and another worker process
+    frozen = chaos.start_worker("-c", "1")
+    task = await chaos.service.add_task("sleep", {"seconds": 3})
+    (first,) = await chaos.wait_for_starts(1, STARTUP_SECONDS)
+    assert first.pid == frozen.pid
+    survivor = await _start_consuming_worker(chaos, frozen)
+
+    # When the first one is frozen with SIGSTOP until the task runs again in the other one,
+    # then thawed: its task's sleep is over, so it finishes at once
+    frozen_at = time.time()
+    frozen.send(signal.SIGSTOP)
+    try:
+        again = await _wait_for_start(
+            chaos, task.id, other_than=frozen.pid, timeout=ORPHAN_RERUN_SECONDS + SLACK
+        )
+    finally:
+        frozen.send(signal.SIGCONT)
+    assert again.time - frozen_at <= ORPHAN_RERUN_SECONDS
+    assert await chaos.service.wait_for(task.id, timeout=3 + SLACK) is None
+
+    # Then only the second run's completion was recorded: the first process's claim was taken
+    # back, so its late completion was refused
+    runs = [(e.event, e.pid) for e in await chaos.ledger() if e.task_id == task.id]
+    assert ("done", frozen.pid) in runs
+    assert [pid for event, pid in runs if event == "ack"] == [survivor.pid]
+    stored = await chaos.service.get_task(task.id)
+    assert stored is not None
+    assert (stored.status, stored.attempts) == (TaskStatus.COMPLETED, 2)
+    assert frozen.alive()

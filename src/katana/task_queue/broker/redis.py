@@ -12,10 +12,16 @@ Layout, all under one ``{hash tag}`` so a Redis Cluster keeps a queue on one slo
 - ``...:counts`` hash of terminal-status counters; ``...:quarantine`` list of rejected entries.
 - ``...:all`` sorted set of every task id by creation time, for listing.
 - ``...:workers`` hash of worker records (JSON); ``...:paused`` exists while the queue is paused.
+- ``...:alive:<owner>`` a consuming process's liveness mark (expires 3 s after its last
+  refresh); ``...:owned:<owner>`` set of the ids it claimed; ``...:owners`` set of owners that
+  may hold claims; ``...:sweep`` hash: when orphans were last looked for.
 
 Every state change is one Lua script (``redis_lua/*.lua``). A claim carries a lease that this
 process's heartbeat renews while the task runs; the same heartbeat hands expired leases of
-any process back to the queue, and gives up on a task (DEAD) after ``max_deliveries``.
+any process back to the queue, and gives up on a task (DEAD) after ``max_deliveries``. Each
+claim is also tagged with the process that made it, whose liveness mark a thread refreshes
+every second (``_redis_liveness``): once a killed process's mark expired, the next heartbeat
+of any process (every second) takes its claims back without waiting for their leases.
 Timestamps come from the clients' clocks, which must agree (NTP) across hosts.
 """
 
@@ -24,7 +30,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import socket
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -59,6 +67,7 @@ from ._redis_codec import (
     encode_new_task,
 )
 from ._redis_finish_watch import FinishWatch
+from ._redis_liveness import ALIVE_TTL_SECONDS, LivenessMark
 from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
 
 if TYPE_CHECKING:
@@ -92,6 +101,10 @@ _CLAIM_AHEAD_MAX_RUN_SECONDS = 0.02
 _CLAIM_AHEAD_HOLD_SECONDS = 0.1
 #: Weight of the newest run time in the process's running average.
 _RUN_TIME_WEIGHT = 0.2
+#: How often a consumer looks for orphans (claims of processes whose liveness mark expired):
+#: with marks living ALIVE_TTL_SECONDS, a killed process's tasks are back in the queue within
+#: ALIVE_TTL_SECONDS + this of its death.
+_ORPHAN_SWEEP_SECONDS = 1.0
 _BACKOFF_FIRST_SECONDS = 0.05
 _BACKOFF_MAX_SECONDS = 2.0
 
@@ -118,10 +131,13 @@ class RedisBroker(AbstractBroker):
         url: ``redis://[[user]:password@]host[:port][/db]``, or ``rediss://`` for TLS.
         queue: Name of the queue; brokers with the same URL and queue share it.
         lease_seconds: How long a claim lasts without a heartbeat before the task is handed
-            to another worker.
-        heartbeat_seconds: How often leases are renewed and expired ones recovered
-            (default: a third of the lease).
-        max_deliveries: After this many deliveries whose lease expired, the task is DEAD.
+            to another worker. The claims of a process that is gone (killed, frozen, cut off)
+            come back sooner, 3 to 4 s after it stopped, by its liveness mark.
+        heartbeat_seconds: How often leases are renewed (default: a third of the lease).
+            Expired leases and the claims of processes that are gone are recovered every
+            second, or every ``heartbeat_seconds`` if that is shorter.
+        max_deliveries: After this many deliveries that lost their worker (its lease or its
+            process's liveness mark expired), the task is DEAD.
         claim_batch: The most tasks one claim round trip takes.
         claim_ahead: While the queue has a backlog and this process's tasks run shorter than
             20 ms on average, claim up to one task per worker ahead of need, so that no worker
@@ -172,6 +188,10 @@ class RedisBroker(AbstractBroker):
         self._clock = clock
         self.prefix = f"{key_prefix}:{{{queue}}}"
         self._ready_key = f"{self.prefix}:ready"
+        # Whom this broker's claims belong to: its liveness mark tells others it is alive.
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{new_task_id()[:12]}"
+        self._alive_ms = int(ALIVE_TTL_SECONDS * 1000)
+        self._liveness = LivenessMark(url, f"{self.prefix}:alive:{self._owner}")
         self._client = aioredis.Redis.from_url(
             url,
             socket_connect_timeout=5,
@@ -312,6 +332,8 @@ class RedisBroker(AbstractBroker):
             await self._flush_outcomes()
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
+        # Its claims are all written or handed back: no longer alive as far as others know.
+        await asyncio.to_thread(self._liveness.stop)
         self._closed = True
         await self._client.aclose()
 
@@ -417,6 +439,7 @@ class RedisBroker(AbstractBroker):
     def _start_consuming(self) -> None:
         if self._background:
             return
+        self._liveness.start()
         self._background = [
             *(asyncio.create_task(self._fetch_loop(), name=_FETCH_LOOP) for _ in range(_FETCHERS)),
             asyncio.create_task(self._heartbeat_loop(), name="katana-redis-heartbeat"),
@@ -436,6 +459,8 @@ class RedisBroker(AbstractBroker):
             int(self.lease_seconds * 1000),
             new_task_id(),
             1 if exclusive else 0,
+            self._owner,
+            self._alive_ms,
         ]
         for outcome in batch:
             args.extend(outcome.values)
@@ -661,12 +686,19 @@ class RedisBroker(AbstractBroker):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py lacks the hint
 
     async def _heartbeat_loop(self) -> None:
+        # Every tick recovers orphans and expired leases; leases are renewed when due.
+        tick = min(self.heartbeat_seconds, _ORPHAN_SWEEP_SECONDS)
+        renewed_at = time.monotonic()
         while not self._stopping():
-            await asyncio.sleep(self.heartbeat_seconds)
+            await asyncio.sleep(tick)
             if self._stopping():
                 return
+            # Half a tick early rather than a whole tick late.
+            renew = time.monotonic() - renewed_at >= self.heartbeat_seconds - tick / 2
             try:
-                await self.heartbeat()
+                await self.heartbeat(renew=renew)
+                if renew:
+                    renewed_at = time.monotonic()
             except BrokerError as exc:
                 logger.warning(
                     "heartbeat failed (%s); leases of this process may expire",
@@ -674,21 +706,26 @@ class RedisBroker(AbstractBroker):
                     extra={"katana_event": "broker_error"},
                 )
 
-    async def heartbeat(self) -> None:
-        """Renew this process's leases and recover expired ones of any process, in one step.
+    async def heartbeat(self, *, renew: bool = True) -> None:
+        """Renew this process's leases (unless ``renew`` is false) and recover expired leases
+        and orphans (claims of processes whose liveness mark expired) of any process, in one
+        step.
 
-        Runs by itself every ``heartbeat_seconds`` once this broker consumes.
+        Runs by itself every second (or ``heartbeat_seconds`` if shorter) once this broker
+        consumes, renewing every ``heartbeat_seconds``.
         """
-        held = list(self._held.items())
+        held = list(self._held.items()) if renew else []
         args: list[Any] = [
             self._now_ms(),
             int(self.lease_seconds * 1000),
             self.max_deliveries,
             self._ttl_ms,
+            self._alive_ms,
         ]
         for task_id, token in held:
             args += [task_id, token]
-        lost, requeued, quarantined, dead, cancel_requested = await self._run("heartbeat", args)
+        reply = await self._run("heartbeat", args)
+        lost, requeued, quarantined, dead, cancel_requested, orphans = reply
         renewed = dict(held)
         for raw_id in lost:
             task_id = raw_id.decode()
@@ -698,14 +735,23 @@ class RedisBroker(AbstractBroker):
             self._release(task_id, token)
             self._ahead.take(task_id)  # claimed ahead: no worker of ours may start it now
             logger.warning(
-                "lost the claim on task %s: its lease expired and it belongs to another worker now",
+                "lost the claim on task %s: its lease or this process's liveness mark expired, "
+                "and it belongs to another worker now",
                 task_id,
                 extra={"katana_event": "lease_lost", "task_id": task_id},
             )
         self._log_quarantined(quarantined)
+        if orphans:
+            logger.warning(
+                "%d tasks of worker processes that are gone (liveness mark expired) were "
+                "taken back",
+                orphans,
+                extra={"katana_event": "orphans_recovered"},
+            )
         if requeued:
             logger.warning(
-                "%d tasks whose worker stopped renewing its lease are PENDING again",
+                "%d tasks whose worker stopped renewing its lease or liveness mark are "
+                "PENDING again",
                 requeued,
                 extra={"katana_event": "leases_recovered"},
             )
@@ -844,6 +890,7 @@ class RedisBroker(AbstractBroker):
                 int(self.lease_seconds * 1000),
                 self.max_deliveries,
                 self._ttl_ms,
+                self._alive_ms,
                 task_id,
                 claim_token,
             ],

@@ -15,6 +15,18 @@ local cancel_channel = prefix .. ':cancel'
 -- Ids of tasks that reached a final status (space-separated): wakes wait_finished callers.
 local finished_channel = prefix .. ':finished'
 local QUARANTINE_KEEP = 10000
+-- Claim owners: every claim is tagged with the consumer process (broker) that made it, in the
+-- task's 'owner' field and in the set '<prefix>:owned:<owner>' (which may keep stale ids: a
+-- reader checks the record). The owner's liveness mark '<prefix>:alive:<owner>' lives while
+-- the process does (_redis_liveness.py); heartbeat.lua takes back the claims of owners whose
+-- mark expired. '<prefix>:owners' is the set of owners that may hold claims.
+local owners_key = prefix .. ':owners'
+local function owned_key(owner)
+  return prefix .. ':owned:' .. owner
+end
+local function alive_key(owner)
+  return prefix .. ':alive:' .. owner
+end
 
 local function task_key(id)
   return prefix .. ':task:' .. id
@@ -58,6 +70,7 @@ end
 
 local QUEUE_KEY_TYPES = {[ready_key] = 'zset', [delayed_key] = 'zset', [processing_key] = 'zset',
   [counts_key] = 'hash', [unique_key] = 'hash', [quarantine_key] = 'list', [all_key] = 'zset',
+  [owners_key] = 'set',
   [prefix .. ':finished:COMPLETED'] = 'zset', [prefix .. ':finished:FAILED'] = 'zset',
   [prefix .. ':finished:CANCELLED'] = 'zset', [prefix .. ':finished:DEAD'] = 'zset'}
 
@@ -184,7 +197,18 @@ local function apply_outcomes(first, last, now_ms)
   -- A checked outcome ends a PROCESSING task: its ZREM from the processing set and, when it
   -- finishes, its counter and finished-set entry are written once per call, not per task.
   local released, finished, finished_n = {}, {}, 0
+  -- Owner -> ids of its claims that ended here: they leave its owned set once per call.
+  local disowned = {}
   local function write_batched()
+    for owner, ids in pairs(disowned) do
+      for first_id = 1, #ids, 1000 do
+        -- pcall: garbage under an owned set must not abort the outcomes; a stale id left
+        -- there is harmless (the orphan sweep checks the record before it touches a task).
+        redis.pcall('SREM', owned_key(owner),
+          unpack(ids, first_id, math.min(first_id + 999, #ids)))
+      end
+    end
+    disowned = {}
     for first_id = 1, #released, 1000 do  -- in slices: unpack is bounded by Lua's stack
       queue_call('ZREM', processing_key,
         unpack(released, first_id, math.min(first_id + 999, #released)))
@@ -237,7 +261,7 @@ local function apply_outcomes(first, last, now_ms)
     -- One read for what every outcome needs (this runs once per finished task). A key of
     -- another Redis type (garbage) fails this read, before anything is written: unknown.
     local row = redis.pcall('HMGET', key, 'status', 'claim_token', 'member', 'cancel_requested',
-      'unique_key')
+      'unique_key', 'owner')
     local status = row[1]
     if row.err or (not status and redis.call('EXISTS', key) == 0) then
       code = -1
@@ -246,6 +270,14 @@ local function apply_outcomes(first, last, now_ms)
         code = 0
       else
         local checked = token ~= ''
+        if row[6] then
+          local ids = disowned[row[6]]
+          if not ids then
+            ids = {}
+            disowned[row[6]] = ids
+          end
+          ids[#ids + 1] = id
+        end
         if checked then
           -- Claimed, so in no queue structure but the processing set: it leaves that with
           -- the others of this call. (A ready entry would be garbage: removed all the same.)
@@ -265,26 +297,27 @@ local function apply_outcomes(first, last, now_ms)
           if ARGV[base + 3] ~= '' then
             redis.call('HSET', key, 'status', 'COMPLETED', 'finished_at', now_s,
               'result', ARGV[base + 3])
-            redis.call('HDEL', key, 'claim_token', 'cancel_requested', 'error', 'traceback')
+            redis.call('HDEL', key, 'claim_token', 'owner', 'cancel_requested', 'error',
+              'traceback')
           else
             redis.call('HSET', key, 'status', 'COMPLETED', 'finished_at', now_s)
-            redis.call('HDEL', key, 'claim_token', 'cancel_requested', 'error', 'traceback',
-              'result')
+            redis.call('HDEL', key, 'claim_token', 'owner', 'cancel_requested', 'error',
+              'traceback', 'result')
           end
         elseif op == 'cancel' then
           transition(checked, key, id, status, 'CANCELLED', row[5])
           redis.call('HSET', key, 'status', 'CANCELLED', 'finished_at', now_s)
-          redis.call('HDEL', key, 'claim_token', 'cancel_requested')
+          redis.call('HDEL', key, 'claim_token', 'owner', 'cancel_requested')
         elseif op == 'fail' then
           transition(checked, key, id, status, 'FAILED', row[5])
           redis.call('HSET', key, 'status', 'FAILED', 'finished_at', now_s,
             'error', ARGV[base + 3], 'traceback', ARGV[base + 4],
             'err:' .. attempt_number(key), ARGV[base + 5])
-          redis.call('HDEL', key, 'claim_token', 'cancel_requested')
+          redis.call('HDEL', key, 'claim_token', 'owner', 'cancel_requested')
         elseif op == 'release' then
           transition(checked, key, id, status, 'PENDING', row[5])
           redis.call('HSET', key, 'status', 'PENDING')
-          redis.call('HDEL', key, 'claim_token', 'started_at')
+          redis.call('HDEL', key, 'claim_token', 'owner', 'started_at')
           redis.call('HINCRBY', key, 'attempts', -1)
           redis.call('HINCRBY', key, 'deliveries', -1)
           local priority = tonumber(redis.call('HGET', key, 'priority')) or 0
@@ -301,7 +334,7 @@ local function apply_outcomes(first, last, now_ms)
           local due_ms = now_ms + tonumber(ARGV[base + 3])
           redis.call('HSET', key, 'status', 'PENDING',
             'scheduled_at', string.format('%.6f', due_ms / 1000))
-          redis.call('HDEL', key, 'claim_token', 'finished_at')
+          redis.call('HDEL', key, 'claim_token', 'owner', 'finished_at')
           if ARGV[base + 5] ~= '' then
             redis.call('HSET', key, 'error', ARGV[base + 4],
               'err:' .. attempt_number(key), ARGV[base + 5])

@@ -1,8 +1,10 @@
 -- Record a consumer's pending outcomes, then claim up to `count` due tasks for it, in one
--- round trip. ARGV: prefix, now_ms, count, lease_ms, token_base, exclusive, then six values
--- per outcome (see apply_outcomes). Returns {next_due_ms or '', outcome codes, quarantined
--- entry/reason pairs, mode, record, record, ...}: each record is the task's HGETALL followed
--- by 'id', id, 'member', its ready entry.
+-- round trip. ARGV: prefix, now_ms, count, lease_ms, token_base, exclusive, owner, alive_ms,
+-- then six values per outcome (see apply_outcomes). The claims are tagged with `owner`, whose
+-- liveness mark this refreshes for `alive_ms` (heartbeat.lua says what the mark is for).
+-- Returns {next_due_ms or '', outcome codes, quarantined entry/reason pairs, mode, record,
+-- record, ...}: each record is the task's HGETALL followed by 'id', id, 'member', its ready
+-- entry.
 --
 -- A suspect task (its worker died while it ran) may be what kills workers, so it never
 -- shares a process with other tasks: it is claimed only by a consumer that holds nothing
@@ -13,9 +15,11 @@ local count = tonumber(ARGV[3])
 local lease_ms = tonumber(ARGV[4])
 local token_base = ARGV[5]
 local exclusive = ARGV[6] == '1'
+local owner = ARGV[7]
+local alive_ms = tonumber(ARGV[8])
 local mode = ''
 local now_s = string.format('%.6f', now_ms / 1000)
-local codes = apply_outcomes(7, #ARGV, now_ms)
+local codes = apply_outcomes(9, #ARGV, now_ms)
 
 -- Delayed tasks that came due join the ready set, ordered by their due time.
 local due = queue_call('ZRANGEBYSCORE', delayed_key, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, 1000)
@@ -88,7 +92,7 @@ local function take(member, score)
   n = n + 1
   redis.call('HSET', key, 'status', 'PROCESSING', 'started_at', now_s,
     'claim_token', token_base .. ':' .. n, 'attempts', attempts + 1,
-    'deliveries', deliveries + 1)
+    'deliveries', deliveries + 1, 'owner', owner)
   -- Each attempt reports its own progress: none yet.
   redis.call('HDEL', key, 'finished_at', 'member', 'progress', 'progress_message')
   leases[#leases + 1] = now_ms + lease_ms
@@ -117,6 +121,20 @@ end
 
 for first = 1, #leases, 1000 do  -- in slices: unpack is bounded by Lua's stack
   queue_call('ZADD', processing_key, unpack(leases, first, math.min(first + 999, #leases)))
+end
+if n > 0 then
+  -- The owner is alive (it asks): its mark lives from now on, even before its liveness thread
+  -- first sets it, so no heartbeat elsewhere takes these claims back as orphans.
+  redis.call('SET', alive_key(owner), '1', 'PX', alive_ms)
+  queue_call('SADD', owners_key, owner)
+  local owned, ids = owned_key(owner), {}
+  ensure_type(owned, 'set', now_ms)
+  for i = 2, #leases, 2 do
+    ids[#ids + 1] = leases[i]
+  end
+  for first = 1, #ids, 1000 do
+    redis.call('SADD', owned, unpack(ids, first, math.min(first + 999, #ids)))
+  end
 end
 
 local next_due = paused and {} or queue_call('ZRANGE', delayed_key, 0, 0, 'WITHSCORES')
