@@ -5,7 +5,7 @@ KatanaError
 ├── UnknownTaskError(KatanaError, ValueError)     add_task() with an unregistered name
 ├── InvalidTaskError(KatanaError, ValueError)     bad priority / delay, or a payload that isn't JSON
 ├── ServiceStateError(KatanaError, RuntimeError)  e.g. start_workers() after shutdown()
-├── TaskNotFoundError(KatanaError, LookupError)   management: no task has this id
+├── TaskNotFoundError(KatanaError, KeyError)      wait_for(), management: no task has this id
 ├── TaskStateError(KatanaError, ValueError)       management: not allowed in the task's status
 ├── TaskTimeoutError(KatanaError, TimeoutError)   an attempt ran past its timeout_seconds
 ├── TaskFailedError                               wait_for(): the task ended FAILED or DEAD
@@ -49,8 +49,14 @@ class UnknownTaskError(KatanaError, ValueError):
     """No executor is registered under the task name."""
 
 
-class TaskNotFoundError(KatanaError, LookupError):
-    """No task with this id is stored (never was, or was deleted after its retention)."""
+class TaskNotFoundError(KatanaError, KeyError):
+    """No task with this id is stored (never was, or was deleted after its retention).
+
+    A ``KeyError`` (so a ``LookupError``) because ``wait_for`` raised a bare ``KeyError`` before.
+    """
+
+    # KeyError's own __str__ shows the repr of its argument: the message would be quoted.
+    __str__ = Exception.__str__
 
 
 class TaskStateError(KatanaError, ValueError):

@@ -141,7 +141,7 @@ class QueueManager:
         """The task with this id; raises ``TaskNotFoundError``."""
         task = await self.broker.get_task(task_id)
         if task is None:
-            raise TaskNotFoundError(f"no task has id {task_id!r}")
+            raise TaskNotFoundError(f"no task has id {task_id!r:.100}")  # ids come from users
         return task
 
     async def workers(self) -> list[WorkerInfo]:
