@@ -8,6 +8,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Header, HTTPException
 
+from katana.task_queue.listing import TaskQuery
 from katana.task_queue.management import QueueManager
 from katana.task_queue.models import Task, TaskStatus
 from katana.task_queue.service import TaskQueueService
@@ -161,6 +162,21 @@ async def test_redrive_and_purge_dead_letters_by_filter(
     await service.wait_idle(timeout=10)
     letters = (await client.get("/katana/api/dead-letters")).json()
     assert sorted(task["attempts"] for task in letters["tasks"]) == [2, 2]
+
+
+@pytest.mark.parametrize("blank", ["", " ", " \t\n "])
+async def test_a_blank_text_filter_is_no_filter_in_the_query_and_the_api(
+    client: httpx.AsyncClient, service: TaskQueueService, blank: str
+) -> None:
+    # The one rule (TaskQuery, the API, the dashboard and the CLI): blank text filters nothing.
+    assert TaskQuery(text=blank) == TaskQuery()
+    await service.add_task("ok", {"n": 1})
+    await service.add_task("bad", {"n": 2})
+
+    listed = (await client.get("/katana/api/tasks", params={"text": blank})).json()
+
+    assert listed["total"] == 2
+    assert sorted(task["payload"]["n"] for task in listed["tasks"]) == [1, 2]
 
 
 async def test_pause_and_resume(client: httpx.AsyncClient, service: TaskQueueService) -> None:
