@@ -22,7 +22,7 @@ from ..errors import BrokerError, TaskNotFoundError
 from ..listing import TaskQuery
 from ..models import TERMINAL_STATUSES, TaskStatus
 from ._deps import Manager, require_write
-from ._errors import http_errors
+from ._errors import SafeValidationRoute, http_errors, unavailable
 from ._views import (
     STATIC_DIR,
     FilterError,
@@ -44,7 +44,7 @@ __all__ = ["router"]
 logger = logging.getLogger(__name__)
 
 #: The dashboard's pages and actions; ``katana_router`` mounts it after the API.
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=SafeValidationRoute)
 _write = [Depends(require_write)]
 
 #: The files under ``static/`` the dashboard serves, and their media types.
@@ -140,7 +140,7 @@ def _acting() -> Iterator[None]:
             except FilterError as exc:  # before http_errors makes this ValueError a 422
                 raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
     except BrokerError as exc:  # unreachable is mapped by http_errors; closed lands here
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+        raise unavailable(exc) from exc
 
 
 def _flash(response: Response, message: str) -> Response:
