@@ -4,6 +4,7 @@
 KatanaError
 ├── UnknownTaskError(KatanaError, ValueError)     add_task() with an unregistered name
 ├── InvalidTaskError(KatanaError, ValueError)     bad priority / delay, or a payload that isn't JSON
+├── ConfigurationError(KatanaError, ValueError)   a bad broker URL or queue name, a missing extra
 ├── ServiceStateError(KatanaError, RuntimeError)  e.g. start_workers() after shutdown()
 ├── TaskNotFoundError(KatanaError, KeyError)      wait_for(), management: no task has this id
 ├── TaskStateError(KatanaError, ValueError)       management: not allowed in the task's status
@@ -28,6 +29,7 @@ __all__ = [
     "BrokerClosedError",
     "BrokerError",
     "BrokerUnavailableError",
+    "ConfigurationError",
     "InvalidTaskError",
     "KatanaError",
     "Retry",
@@ -65,6 +67,10 @@ class TaskStateError(KatanaError, ValueError):
 
 class InvalidTaskError(KatanaError, ValueError):
     """A task argument (priority, delay, payload) is out of range or not serializable."""
+
+
+class ConfigurationError(KatanaError, ValueError):
+    """A setting is unusable: a malformed broker URL, a bad queue name, a missing extra."""
 
 
 class ServiceStateError(KatanaError, RuntimeError):
