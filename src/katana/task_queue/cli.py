@@ -171,10 +171,9 @@ def _prepare(options: _WorkerOptions) -> TaskQueueService:
 
 def _broker_source(ctx: click.Context) -> str:
     """Where ``--broker`` came from, as the banner says it."""
-    source = ctx.get_parameter_source("broker_url")
-    if ctx.params.get("broker_url") is None:
+    if not ctx.params.get("broker_url"):  # unset, or an empty KATANA_BROKER_URL
         return "the app"
-    if source is click.core.ParameterSource.ENVIRONMENT:
+    if ctx.get_parameter_source("broker_url") is click.core.ParameterSource.ENVIRONMENT:
         return "KATANA_BROKER_URL"
     return "--broker"
 
