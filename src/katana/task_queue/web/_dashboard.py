@@ -22,7 +22,7 @@ from ..errors import BrokerError, TaskNotFoundError
 from ..listing import TaskQuery
 from ..models import TERMINAL_STATUSES, TaskStatus
 from ._deps import Manager, require_write
-from ._errors import SafeValidationRoute, http_errors, unavailable
+from ._errors import RETRY_AFTER_SECONDS, SafeValidationRoute, http_errors
 from ._views import (
     STATIC_DIR,
     FilterError,
@@ -116,7 +116,11 @@ def _broker_down(
         extra={"katana_event": "dashboard_broker_error"},
     )
     failed = {**context, "broker_error": str(exc) or type(exc).__name__}
-    return _render(request, template, failed, status_code=200 if live else 503)
+    if live:
+        return _render(request, template, failed)
+    page = _render(request, template, failed, status_code=503)
+    page.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return page
 
 
 def _error_page(request: Request, status_code: int, message: str) -> HTMLResponse:
@@ -133,14 +137,11 @@ def _listing(request: Request) -> Listing:
 @contextmanager
 def _acting() -> Iterator[None]:
     """An action's errors as HTTP errors: 400, 404, 409, 422 or 503 with a clear message."""
-    try:
-        with http_errors():
-            try:
-                yield
-            except FilterError as exc:  # before http_errors makes this ValueError a 422
-                raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
-    except BrokerError as exc:  # unreachable is mapped by http_errors; closed lands here
-        raise unavailable(exc) from exc
+    with http_errors():
+        try:
+            yield
+        except FilterError as exc:  # before http_errors makes this ValueError a 422
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
 
 
 def _flash(response: Response, message: str) -> Response:

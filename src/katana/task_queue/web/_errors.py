@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from ..errors import (
-    BrokerUnavailableError,
+    BrokerError,
     InvalidTaskError,
     TaskNotFoundError,
     TaskStateError,
@@ -116,7 +116,7 @@ class SafeValidationRoute(APIRoute):
 
 
 def unavailable(exc: Exception) -> HTTPException:
-    """A 503 for an unreachable broker, telling clients when to try again."""
+    """A 503 for a broker that cannot serve now, telling clients when to try again."""
     return HTTPException(
         status.HTTP_503_SERVICE_UNAVAILABLE,
         shown(str(exc), _MAX_MESSAGE_CHARS),
@@ -135,7 +135,7 @@ def http_errors() -> Iterator[None]:
         raise HTTPException(status.HTTP_409_CONFLICT, _message(exc)) from exc
     except (InvalidTaskError, UnknownTaskError, ValueError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, _message(exc)) from exc
-    except BrokerUnavailableError as exc:
+    except BrokerError as exc:  # unreachable, or closed while the app shuts down
         raise unavailable(exc) from exc
 
 
