@@ -302,3 +302,11 @@ def test_queue_without_a_broker_is_refused_by_the_worker() -> None:
     assert finished.returncode == 2, finished.stderr
     assert "--queue picks a queue of --broker" in finished.stderr
     assert "Traceback" not in finished.stderr
+
+
+def test_an_empty_broker_option_leaves_the_apps_broker_and_the_banner_says_so() -> None:
+    finished = katana("worker", f"{APP}:plain", "--broker", "", "--burst")
+
+    assert finished.returncode == 0, finished.stderr
+    assert "InMemoryBroker memory:// (from the app)" in finished.stderr
+    assert "queue:       default (from the app)" in finished.stderr
