@@ -83,33 +83,46 @@ COMMANDS = [
 ]
 
 
-@pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize(("url", "reason"), BAD_URLS)
-def test_a_bad_broker_url_is_one_line_and_exit_code_2(
-    command: tuple[str, ...], url: str, reason: str
-) -> None:
-    finished = katana(*command, "--broker", url)
+def test_a_bad_broker_url_is_one_line_and_exit_code_2(url: str, reason: str) -> None:
+    finished = katana("info", "--broker", url)
 
     assert_one_line_error(finished, 2, reason)
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-@pytest.mark.parametrize(
-    "queue",
-    [
-        pytest.param("a{b}", id="hash-tag"),
-        pytest.param("", id="empty"),
-        pytest.param("q" * 101, id="101-chars"),
-        pytest.param("emails\n", id="trailing-newline"),
-        pytest.param("e mails", id="space"),
-    ],
-)
-def test_an_invalid_queue_name_is_one_line_and_exit_code_2(
-    command: tuple[str, ...], queue: str, redis_url: str
-) -> None:
-    finished = katana(*command, "--broker", redis_url, "--queue", queue)
+BAD_QUEUES = [
+    pytest.param("a{b}", id="hash-tag"),
+    pytest.param("", id="empty"),
+    pytest.param("q" * 101, id="101-chars"),
+    pytest.param("emails\n", id="trailing-newline"),
+    pytest.param("e mails", id="space"),
+]
+
+
+@pytest.mark.parametrize("queue", BAD_QUEUES)
+def test_an_invalid_queue_name_is_one_line_and_exit_code_2(queue: str, redis_url: str) -> None:
+    finished = katana("info", "--broker", redis_url, "--queue", queue)
 
     assert_one_line_error(finished, 2, "queue name must match")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(
+    ("option", "value", "reason"),
+    [
+        pytest.param("--broker", "redis://127.0.0.1:notaport/0", "port", id="bad-port"),
+        pytest.param("--broker", "redis://127.0.0.1:6379/notadb", "database", id="bad-db"),
+        pytest.param("--queue", "a{b}", "queue name must match", id="bad-queue"),
+    ],
+)
+def test_every_command_reports_bad_input_as_one_line_and_exit_code_2(
+    command: tuple[str, ...], option: str, value: str, reason: str, redis_url: str
+) -> None:
+    given = {"--broker": redis_url, "--queue": "fine", option: value}
+
+    finished = katana(*command, "--broker", given["--broker"], "--queue", given["--queue"])
+
+    assert_one_line_error(finished, 2, reason)
 
 
 @pytest.mark.parametrize(
