@@ -338,7 +338,7 @@ def _dashboard(broker_url: str, queue: str | None, host: str, port: int, read_on
     click.echo(
         f"katana {__version__} dashboard on {shown}\n"
         f"  broker:      {type(broker).__name__} {masked_url(broker_url)} (from {broker_source})\n"
-        f"  queue:       {broker.queue} (from {'the default' if queue is None else '--queue'})\n"
+        f"  queue:       {broker.queue} ({'no --queue given' if queue is None else 'from --queue'})\n"
         f"  mode:        {'read-only' if read_only else 'read-write'}",
         err=True,
     )
