@@ -335,10 +335,11 @@ def _dashboard(broker_url: str, queue: str | None, host: str, port: int, read_on
     broker = broker_from_url(broker_url, queue=queue)
     shown = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
     broker_source = _broker_source(click.get_current_context())
+    queue_source = "no --queue given" if queue is None else "from --queue"
     click.echo(
         f"katana {__version__} dashboard on {shown}\n"
         f"  broker:      {type(broker).__name__} {masked_url(broker_url)} (from {broker_source})\n"
-        f"  queue:       {broker.queue} ({'no --queue given' if queue is None else 'from --queue'})\n"
+        f"  queue:       {broker.queue} ({queue_source})\n"
         f"  mode:        {'read-only' if read_only else 'read-write'}",
         err=True,
     )
