@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .models import Task
 
 __all__ = [
+    "MAX_RETRY_DELAY_SECONDS",
     "BrokerClosedError",
     "BrokerError",
     "BrokerUnavailableError",
@@ -101,9 +102,24 @@ class Retry(KatanaError):  # control flow, named for what the executor asks
 
     def __init__(self, message: str = "", *, delay_seconds: float | None = None) -> None:
         super().__init__(message or "the executor asked to run again")
-        if delay_seconds is not None and not 0 <= delay_seconds < float("inf"):
-            raise ValueError(f"delay_seconds must be a finite number >= 0, got {delay_seconds!r}")
+        if delay_seconds is not None and not _is_retry_delay(delay_seconds):
+            # Refused here, in the executor: a delay no date can hold once broke the worker
+            # that computed the due time, and left the task PROCESSING for good.
+            raise ValueError(
+                f"delay_seconds must be a number from 0 to {MAX_RETRY_DELAY_SECONDS:.0f} "
+                f"(30 days, as add_task allows), got {delay_seconds!r:.50}"
+            )
         self.delay_seconds = delay_seconds
+
+
+#: The longest delay a ``Retry`` may ask for: the same 30 days ``add_task`` allows.
+MAX_RETRY_DELAY_SECONDS = 30 * 24 * 3600.0
+
+
+def _is_retry_delay(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return 0 <= value <= MAX_RETRY_DELAY_SECONDS  # NaN compares False; big ints compare exactly
 
 
 class TaskFailedError(KatanaError):
