@@ -119,7 +119,7 @@ def unavailable(exc: Exception) -> HTTPException:
     """A 503 for a broker that cannot serve now, telling clients when to try again."""
     return HTTPException(
         status.HTTP_503_SERVICE_UNAVAILABLE,
-        shown(str(exc), _MAX_MESSAGE_CHARS),
+        _message(exc),
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
@@ -140,5 +140,4 @@ def http_errors() -> Iterator[None]:
 
 
 def _message(exc: Exception) -> str:
-    text: str = shown(str(exc), _MAX_MESSAGE_CHARS)
-    return text
+    return _text(str(exc), _MAX_MESSAGE_CHARS)
