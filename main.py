@@ -38,19 +38,17 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from katana.task_queue.broker import AbstractBroker, InMemoryBroker
 from katana.task_queue.cli import broker_from_url
-from katana.task_queue.errors import BrokerError, InvalidTaskError, UnknownTaskError
+from katana.task_queue.errors import BrokerError
 from katana.task_queue.management import QueueManager
 from katana.task_queue.metrics import KatanaMetrics
 from katana.task_queue.models import TaskStatus  # needed by pydantic at runtime
 from katana.task_queue.service import ServiceState, TaskQueueService
-from katana.task_queue.web import TaskOut, katana_router
+from katana.task_queue.web import TaskOut, http_errors, katana_router, validation_error_handler
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -177,34 +175,13 @@ def create_app(
         summary="Enqueue the seed's example tasks and follow them through their states.",
         lifespan=lifespan,
     )
-    app.exception_handler(RequestValidationError)(_request_validation_error)
+    app.exception_handler(RequestValidationError)(validation_error_handler)
     app.include_router(_router())
     # The dashboard and management API, with the manager the lifespan builds.
     app.include_router(
         katana_router(_get_manager, title="Katana demo", metrics=metrics), prefix="/katana"
     )
     return app
-
-
-async def _request_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 response, minus its 500 when the rejected input is NaN or Infinity.
-
-    Python's JSON parser accepts ``NaN``, ``Infinity`` and overflowing numbers such as ``1e400``;
-    the default handler echoes them back and then fails to encode its own response.
-    """
-    detail = _finite_json(jsonable_encoder(exc.errors()))
-    return JSONResponse({"detail": detail}, status_code=422)
-
-
-def _finite_json(value: Any) -> Any:
-    """``value`` (already JSON-like) with every NaN or infinite float replaced by its repr."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, dict):
-        return {key: _finite_json(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite_json(item) for item in value]
-    return value
 
 
 def _get_service(request: Request) -> TaskQueueService:
@@ -256,29 +233,37 @@ def _router() -> APIRouter:
     @router.post(
         "/debug/add_task",
         status_code=202,
-        responses={422: {"description": "Unknown task name, or an invalid argument."}},
+        responses={
+            422: {"description": "Unknown task name, or an invalid argument."},
+            503: {"description": "The broker is unreachable; try again after Retry-After."},
+        },
     )
     async def add_task(
         body: AddTaskRequest, service: Service, response: Response
     ) -> AddTaskResponse:
         """Enqueue a task; follow it at the URL in the ``Location`` header."""
-        try:
+        with http_errors():  # 422 for bad arguments, 503 + Retry-After while the broker is down
             task = await service.add_task(
                 name=body.name,
                 payload=body.payload,
                 priority=body.priority,
                 delay_seconds=body.delay_seconds,
             )
-        except (UnknownTaskError, InvalidTaskError) as exc:
-            raise HTTPException(422, str(exc)) from exc
         response.headers["Location"] = f"/tasks/{task.id}"
         return AddTaskResponse(task_id=task.id, status=task.status)
 
-    @router.get("/tasks/{task_id}", responses={404: {"description": "No task has this id."}})
+    @router.get(
+        "/tasks/{task_id}",
+        responses={
+            404: {"description": "No task has this id."},
+            503: {"description": "The broker is unreachable; try again after Retry-After."},
+        },
+    )
     async def get_task(task_id: str, service: Service) -> TaskOut:
-        task = await service.get_task(task_id)
+        with http_errors():
+            task = await service.get_task(task_id)
         if task is None:
-            raise HTTPException(404, f"no task with id {task_id!r}")
+            raise HTTPException(404, f"no task with id {task_id!r:.100}")
         return TaskOut.of(task)
 
     @router.get(

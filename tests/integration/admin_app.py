@@ -48,6 +48,11 @@ def service() -> TaskQueueService:
     return TaskQueueService(BROKER, EXECUTORS)
 
 
+def plain() -> TaskQueueService:
+    """A worker's app on its own in-memory queue, with nothing queued."""
+    return TaskQueueService(InMemoryBroker(), EXECUTORS)
+
+
 async def seeded() -> TaskQueueService:
     """A worker's app with two tasks already queued in memory: one succeeds, one fails."""
     app = TaskQueueService(InMemoryBroker(), EXECUTORS)
@@ -68,3 +73,12 @@ def traced() -> TaskQueueService:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing.enable(tracer_provider=provider)
     return TaskQueueService(InMemoryBroker(), EXECUTORS)
+
+
+def on_redis() -> TaskQueueService:
+    """An app whose own broker is Redis on the queue KATANA_TEST_APP_QUEUE names, at a URL
+    where nothing listens: only KATANA_BROKER_URL (or --broker) gives it a connection."""
+    from katana.task_queue.broker.redis import RedisBroker  # the tests that use it have redis
+
+    broker = RedisBroker("redis://127.0.0.1:1/0", queue=os.environ["KATANA_TEST_APP_QUEUE"])
+    return TaskQueueService(broker, EXECUTORS)

@@ -94,6 +94,7 @@ async def test_the_app_starts_with_the_broker_down_and_shows_the_banner() -> Non
         page = await client.get("/")
 
         assert page.status_code == 503
+        assert int(page.headers["retry-after"]) > 0
         assert "The broker is unreachable." in page.text
 
 

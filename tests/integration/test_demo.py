@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from katana.task_queue.broker import InMemoryBroker
-from katana.task_queue.errors import BrokerClosedError
+from katana.task_queue.errors import BrokerClosedError, BrokerUnavailableError
 from katana.task_queue.models import Task, TaskStatus
 from katana.task_queue.service import ServiceState, TaskQueueService
 
@@ -328,11 +328,101 @@ async def test_bad_request_bodies_are_422_not_500(demo: Demo, content: str) -> N
     await _assert_nothing_enqueued(demo.service)
 
 
+HUGE = "x" * 100_000
+
+
+@pytest.mark.parametrize("path", ["/debug/add_task", "/katana/api/tasks"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        # A lone surrogate is valid JSON but cannot be encoded as UTF-8: echoing it whole
+        # made the 422 itself fail with a 500.
+        pytest.param('{"name": "\\ud800"}', id="name-surrogate"),
+        pytest.param('{"name": "send_email", "priority": "\\ud800"}', id="priority-surrogate"),
+        pytest.param('{"name": "send_email", "payload": {"\\udfff": 1}}', id="payload-key"),
+        pytest.param('{"name": "send_email", "\\ud800": 1}', id="unknown-field-surrogate"),
+        pytest.param('{"name": "send_email", "priority": 1e400}', id="priority-inf"),
+        pytest.param(f'{{"name": "{HUGE}"}}', id="name-100k"),
+        pytest.param(f'{{"name": "send_email", "priority": "{HUGE}"}}', id="priority-100k"),
+        pytest.param(f'{{"name": "send_email", "{HUGE}": 1}}', id="unknown-field-100k"),
+        pytest.param(f'{{"payload": {{"k": "{HUGE}"}}}}', id="name-missing-big-body"),
+        pytest.param(f'{{"name": "send_email", "priority": [{"1," * 5000}1]}}', id="long-list"),
+    ],
+)
+async def test_unencodable_or_huge_input_is_a_bounded_422(
+    demo: Demo, path: str, content: str
+) -> None:
+    response = await demo.client.post(
+        path,
+        content=content,
+        headers={"content-type": "application/json", "X-Katana-Request": "1"},
+    )
+
+    assert response.status_code == 422, response.text[:500]
+    assert response.json()["detail"]
+    assert len(response.content) < 5_000
+    await _assert_nothing_enqueued(demo.service)
+
+
 async def test_get_unknown_task_id_is_404(demo: Demo) -> None:
     response = await demo.client.get("/tasks/no-such-task")
 
     assert response.status_code == 404
     assert "no-such-task" in response.json()["detail"]
+
+
+# -- an outage: 503 with Retry-After, like the management API ---------------------------------
+
+
+class OutageBroker(InMemoryBroker):
+    """An ``InMemoryBroker`` whose enqueue and reads fail as an unreachable broker's do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise BrokerUnavailableError("the test broker is down")
+
+    async def enqueue(self, task: Task) -> None:
+        self._check()
+        await super().enqueue(task)
+
+    async def get_task(self, task_id: str) -> Task | None:
+        self._check()
+        return await super().get_task(task_id)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/debug/add_task", {"name": "process_data"}),
+        ("GET", "/tasks/{id}", None),
+        ("POST", "/katana/api/tasks", {"name": "process_data"}),
+        ("GET", "/katana/api/tasks/{id}", None),
+    ],
+)
+async def test_an_outage_is_503_with_retry_after(
+    method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    async with OutageBroker() as broker:
+        app = demo_main.create_app(broker=broker, sleep_scale=FAST)
+        async with _running_demo(app) as demo:
+            # Given a task stored before the broker went down
+            task_id = await demo.add_task(name="process_data", delay_seconds=60)
+            broker.down = True
+
+            # When a client enqueues or reads a task
+            response = await demo.client.request(
+                method, path.format(id=task_id), json=body, headers={"X-Katana-Request": "1"}
+            )
+
+            # Then it is told to come back later, not that the server broke
+            assert response.status_code == 503, response.text
+            assert int(response.headers["retry-after"]) > 0
+            assert "the test broker is down" in response.json()["detail"]
+            broker.down = False
 
 
 # -- lifespan --------------------------------------------------------------------------------

@@ -506,8 +506,10 @@ def test_the_banner_shows_the_setup_with_the_password_masked(
     masked = secret_url.replace(":s3cret@", ":***@")
     assert re.search(rf"^katana {re.escape(__version__)} worker on ", banner, re.MULTILINE)
     assert "s3cret" not in banner
-    assert re.search(rf"broker: +RedisBroker {re.escape(masked)}$", banner, re.MULTILINE), banner
-    assert re.search(rf"queue: +{chaos.queue}$", banner, re.MULTILINE), banner
+    assert re.search(
+        rf"broker: +RedisBroker {re.escape(masked)} \(from --broker\)$", banner, re.MULTILINE
+    ), banner
+    assert re.search(rf"queue: +{chaos.queue} \(from --queue\)$", banner, re.MULTILINE), banner
     assert re.search(r"processes: +1 x concurrency 3$", banner, re.MULTILINE), banner
     assert re.search(r"tasks: +block, chaos, poison, sleep$", banner, re.MULTILINE), banner
 

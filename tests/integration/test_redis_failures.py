@@ -747,6 +747,11 @@ async def test_unreachable_redis_raises_broker_unavailable_quickly(
             "rediss://default:***@redis.example:6380",
         ),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://127.0.0.1:6379/0?password=s3cret-pw", "redis://127.0.0.1:6379/0?password=***"),
+        (
+            "rediss://u@redis.example/0?ssl_password=s3cret-pw&db=1",
+            "rediss://u@redis.example/0?ssl_password=***&db=1",
+        ),
     ],
 )
 async def test_repr_masks_the_password(harness: Harness, url: str, shown: str) -> None:

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from katana.task_queue._validation import MAX_DELAY_SECONDS
 from katana.task_queue.config import RetryPolicy
-from katana.task_queue.errors import InvalidTaskError, Retry
+from katana.task_queue.errors import MAX_RETRY_DELAY_SECONDS, InvalidTaskError, Retry
 from katana.task_queue.models import Task, TaskStatus
 from katana.task_queue.service import TaskQueueService
 
@@ -244,6 +245,48 @@ def test_retry_policies_refuse_nonsense() -> None:
         RetryPolicy(retry_on=("ValueError",))  # type: ignore[arg-type]  # the point of the test
     with pytest.raises(ValueError, match="delay_seconds"):
         Retry(delay_seconds=-1)
+
+
+@pytest.mark.parametrize(
+    "delay",
+    [
+        pytest.param(10**400, id="int-beyond-float"),
+        pytest.param(1e15, id="beyond-timedelta"),
+        pytest.param(30 * 24 * 3600 + 1, id="over-30-days"),
+        pytest.param(float("nan"), id="nan"),
+        pytest.param("5", id="str"),
+    ],
+)
+def test_retry_refuses_a_delay_no_broker_can_schedule(delay: Any) -> None:
+    with pytest.raises(ValueError, match="delay_seconds"):
+        Retry(delay_seconds=delay)
+
+
+def test_retry_allows_the_delays_add_task_allows() -> None:
+    assert MAX_RETRY_DELAY_SECONDS == MAX_DELAY_SECONDS
+    assert Retry(delay_seconds=MAX_DELAY_SECONDS).delay_seconds == MAX_DELAY_SECONDS
+    assert Retry(delay_seconds=0).delay_seconds == 0
+
+
+async def test_an_executor_asking_for_an_impossible_delay_fails_its_task(
+    service: TaskQueueService,
+) -> None:
+    # Given an executor whose Retry asks for a delay beyond any date (it left the task
+    # PROCESSING for good: the worker could not compute the due time)
+    async def forever(task: Task) -> None:
+        raise Retry(delay_seconds=10**400)
+
+    # (retries remain, so a Retry is retried; other errors are not)
+    service.register("forever", forever, retry=RetryPolicy(max_retries=3, retry_on=(KeyError,)))
+    task = await service.add_task("forever")
+
+    # When a worker runs it
+    done = await run_to_idle(service, task)
+
+    # Then the task failed with the reason, and nothing is left running
+    assert done.status is TaskStatus.FAILED
+    assert done.error is not None
+    assert "delay_seconds" in done.error
 
 
 async def test_a_result_json_cannot_hold_fails_the_task_and_the_worker_goes_on(

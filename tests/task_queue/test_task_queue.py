@@ -166,6 +166,8 @@ class TestValidation:
             pytest.param(float("inf"), id="inf"),
             pytest.param(float("-inf"), id="-inf"),
             pytest.param(THIRTY_DAYS + 1, id="over-30-days"),
+            pytest.param(10**400, id="int-beyond-float"),
+            pytest.param(-(10**400), id="negative-int-beyond-float"),
             pytest.param(True, id="bool"),
             pytest.param("1", id="str"),
             pytest.param(None, id="none"),
@@ -211,6 +213,72 @@ class TestValidation:
             await service.add_task("t", payload=payload)
 
         assert isinstance(caught.value, ValueError)
+        assert await all_zero(broker)
+
+    @pytest.mark.parametrize(
+        "timeout",
+        [
+            pytest.param(10**400, id="int-beyond-float"),
+            pytest.param(-(10**400), id="negative-int-beyond-float"),
+            pytest.param(0, id="zero"),
+            pytest.param(float("nan"), id="nan"),
+        ],
+    )
+    async def test_bad_timeout(
+        self, make_service: MakeService, broker: InMemoryBroker, timeout: Any
+    ) -> None:
+        service = make_service({"t": noop})
+
+        with pytest.raises(InvalidTaskError, match="timeout_seconds"):
+            await service.add_task("t", timeout_seconds=timeout)
+        with pytest.raises(InvalidTaskError, match="timeout_seconds"):
+            service.register("u", noop, timeout_seconds=timeout)
+
+        assert "u" not in service.task_names
+        assert await all_zero(broker)
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            pytest.param("", id="empty"),
+            pytest.param(None, id="none"),
+            pytest.param(b"send", id="bytes"),
+            pytest.param("\ud800bad", id="lone-surrogate"),
+            pytest.param("bad\udfff", id="lone-low-surrogate"),
+            pytest.param("n" * 201, id="over-200-chars"),
+        ],
+    )
+    async def test_a_name_that_cannot_be_stored_is_refused_at_register(
+        self, make_service: MakeService, name: Any
+    ) -> None:
+        service = make_service({})
+
+        with pytest.raises(InvalidTaskError, match="task name") as caught:
+            service.register(name, noop)
+
+        assert isinstance(caught.value, ValueError)
+        assert service.task_names == []
+        assert len(str(caught.value)) < 400
+
+    async def test_a_name_of_200_characters_with_any_unicode_is_accepted(
+        self, make_service: MakeService
+    ) -> None:
+        name = "é😀" + "n" * 198
+        service = make_service({name: noop})
+
+        task = await service.add_task(name)
+
+        assert task.name == name
+
+    async def test_an_unknown_huge_name_is_not_echoed_whole(
+        self, make_service: MakeService, broker: InMemoryBroker
+    ) -> None:
+        service = make_service({"send_email": noop})
+
+        with pytest.raises(UnknownTaskError, match="send_email") as caught:
+            await service.add_task("x" * 100_000)
+
+        assert len(str(caught.value)) < 400
         assert await all_zero(broker)
 
     @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from katana.task_queue.errors import TaskCancelledError, TaskFailedError
+from katana.task_queue.errors import TaskCancelledError, TaskFailedError, TaskNotFoundError
 from katana.task_queue.models import Task, TaskStatus
 from katana.task_queue.service import TaskQueueService
 
@@ -106,6 +106,9 @@ async def test_wait_for_times_out_when_the_task_does_not_finish(
     assert 0.25 <= loop.time() - started < 5
 
 
-async def test_wait_for_an_unknown_id_raises_key_error(service: TaskQueueService) -> None:
-    with pytest.raises(KeyError):
+async def test_wait_for_an_unknown_id_raises_task_not_found(service: TaskQueueService) -> None:
+    with pytest.raises(TaskNotFoundError, match="no-such-task") as caught:
         await service.wait_for("no-such-task", timeout=GUARD_SECONDS)
+
+    assert isinstance(caught.value, KeyError)  # what wait_for raised before: old callers
+    assert str(caught.value) == "no task has id 'no-such-task'"  # not KeyError's quoted repr

@@ -8,10 +8,13 @@ import httpx
 import pytest
 from fastapi import FastAPI, Header, HTTPException
 
+from katana.task_queue.broker.redis import RedisBroker
+from katana.task_queue.listing import TaskQuery
 from katana.task_queue.management import QueueManager
 from katana.task_queue.models import Task, TaskStatus
 from katana.task_queue.service import TaskQueueService
 from katana.task_queue.web import CSRF_HEADER, katana_router
+from katana.task_queue.web.app import create_dashboard_app
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -211,6 +214,21 @@ async def test_redrive_and_purge_dead_letters_by_filter(
     assert sorted(len(task["errors"]) for task in letters["tasks"]) == [2, 2]
 
 
+@pytest.mark.parametrize("blank", ["", " ", " \t\n "])
+async def test_a_blank_text_filter_is_no_filter_in_the_query_and_the_api(
+    client: httpx.AsyncClient, service: TaskQueueService, blank: str
+) -> None:
+    # The one rule (TaskQuery, the API, the dashboard and the CLI): blank text filters nothing.
+    assert TaskQuery(text=blank) == TaskQuery()
+    await service.add_task("ok", {"n": 1})
+    await service.add_task("bad", {"n": 2})
+
+    listed = (await client.get("/katana/api/tasks", params={"text": blank})).json()
+
+    assert listed["total"] == 2
+    assert sorted(task["payload"]["n"] for task in listed["tasks"]) == [1, 2]
+
+
 async def test_pause_and_resume(client: httpx.AsyncClient, service: TaskQueueService) -> None:
     paused = await client.post("/katana/api/queue/pause", headers=WRITE)
     task = await service.add_task("ok", {"n": 1})
@@ -260,6 +278,65 @@ async def test_bad_input_gets_a_clear_4xx(  # one parameter per table column
 
     assert response.status_code == status, response.text
     assert message in response.text
+
+
+NASTY_BODIES = [
+    pytest.param('{"name": "\\ud800"}', id="name-surrogate"),
+    pytest.param('{"name": "ok", "priority": "\\ud800"}', id="priority-surrogate"),
+    pytest.param('{"name": "ok", "\\udfff": 1}', id="unknown-field-surrogate"),
+    pytest.param('{"name": "ok", "priority": 1e400}', id="priority-inf"),
+    pytest.param('{"name": "ok", "delay_seconds": NaN}', id="delay-nan"),
+    pytest.param('{"name": "%s"}' % ("x" * 100_000), id="name-100k"),
+    pytest.param('{"payload": {"k": "%s"}}' % ("x" * 100_000), id="name-missing-big-body"),
+]
+
+
+def assert_bounded_422(response: httpx.Response) -> None:
+    assert response.status_code == 422, response.text[:500]
+    assert response.json()["detail"]
+    assert len(response.content) < 5_000
+
+
+@pytest.mark.parametrize("content", NASTY_BODIES)
+async def test_the_router_answers_unencodable_or_huge_input_with_a_bounded_422_in_any_app(
+    client: httpx.AsyncClient, broker: AbstractBroker, content: str
+) -> None:
+    # The client fixture mounts the router in a bare FastAPI app, with FastAPI's own handlers.
+    response = await client.post(
+        "/katana/api/tasks",
+        content=content,
+        headers={**WRITE, "content-type": "application/json"},
+    )
+
+    assert_bounded_422(response)
+    assert sum((await broker.count_by_status()).values()) == 0
+
+
+@pytest.mark.parametrize("content", NASTY_BODIES)
+async def test_katana_dashboards_app_answers_bad_input_with_a_bounded_422(
+    broker: AbstractBroker, content: str
+) -> None:
+    app = create_dashboard_app(broker)
+
+    async with make_client(app) as client:
+        response = await client.post(
+            "/api/tasks", content=content, headers={**WRITE, "content-type": "application/json"}
+        )
+
+    assert_bounded_422(response)
+
+
+@pytest.mark.parametrize("path", ["/api/tasks/some-id", "/api/overview"])
+async def test_an_unreachable_broker_is_503_with_retry_after(path: str) -> None:
+    app = create_dashboard_app(RedisBroker("redis://:s3cret@127.0.0.1:1/0"))  # nothing listens
+
+    async with make_client(app) as client:
+        response = await client.get(path)
+
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) > 0
+    assert "unreachable" in response.json()["detail"]
+    assert "s3cret" not in response.text
 
 
 async def test_a_finished_task_cannot_be_cancelled_nor_a_pending_one_deleted(

@@ -265,6 +265,11 @@ async def test_an_unknown_task_is_a_404_page(client: httpx.AsyncClient) -> None:
         ("scheduled=maybe", "scheduled must be yes, no or empty"),
         ("status=FAILED&scheduled=yes", "scheduled only applies to PENDING tasks"),
         ("name=" + "x" * 201, "name must be at most 200 characters"),
+        # What the page repeats of a bad value is cut: it may be of any length
+        ("status=" + "x" * 10_000, "status must be one of PENDING"),
+        ("limit=" + "9" * 4000, "limit must be from 1 to 500"),
+        ("limit=" + "x" * 10_000, "limit must be an integer"),
+        ("scheduled=" + "x" * 10_000, "scheduled must be yes, no or empty"),
     ],
 )
 async def test_an_invalid_filter_is_a_400_page(
@@ -277,6 +282,7 @@ async def test_an_invalid_filter_is_a_400_page(
     assert message in page.text
     assert region.status_code == 400
     assert html.unescape(message) in region.json()["detail"]
+    assert len(region.json()["detail"]) < 400
 
 
 async def test_an_unknown_listing_or_static_file_is_404(client: httpx.AsyncClient) -> None:

@@ -20,6 +20,7 @@ from ._loading import broker_from_url, load_service
 from .errors import (
     BrokerError,
     InvalidTaskError,
+    KatanaError,
     TaskNotFoundError,
     TaskStateError,
     UnknownTaskError,
@@ -36,7 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN_COMMANDS",
+    "BadInputError",
     "cancel",
+    "command_error",
     "enqueue",
     "info",
     "pause",
@@ -53,6 +56,21 @@ _T = TypeVar("_T")
 _FINISHED_CHOICES = ["FAILED", "DEAD", "CANCELLED", "COMPLETED"]
 
 
+class BadInputError(click.ClickException):
+    """Bad input (a URL, a queue name, an argument): one line on stderr and exit code 2."""
+
+    exit_code = 2
+
+
+def command_error(exc: KatanaError) -> click.ClickException:
+    """How a command reports ``exc``, on one line: a broker that failed or a missing task
+    exit with 1, every other Katana error is bad input and exits with 2."""
+    message = " ".join(str(exc).split("\n"))
+    if isinstance(exc, BrokerError | TaskNotFoundError):
+        return click.ClickException(message)
+    return BadInputError(message)
+
+
 @dataclass(frozen=True)
 class _Target:
     """Which queue a command acts on, as its options say."""
@@ -65,8 +83,10 @@ class _Target:
         if self.app:
             service = load_service(self.app)
             if self.broker_url:
-                service.broker = broker_from_url(self.broker_url, queue=self.queue)
-            elif self.queue:
+                # The URL replaces the connection only: the app's queue stays unless --queue.
+                queue = service.broker.queue if self.queue is None else self.queue
+                service.broker = broker_from_url(self.broker_url, queue=queue)
+            elif self.queue is not None:
                 raise click.UsageError("--queue picks a queue of --broker; give --broker too")
             return QueueManager(service.broker, service)
         if self.broker_url:
@@ -81,7 +101,7 @@ class _Target:
         try:
             return asyncio.run(_connected(manager, action))
         except (BrokerError, TaskNotFoundError) as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise command_error(exc) from exc
 
 
 async def _connected(manager: QueueManager, action: Callable[[QueueManager], Awaitable[_T]]) -> _T:

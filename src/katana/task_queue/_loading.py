@@ -11,28 +11,44 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ._urls import masked_url
 from .broker.memory import InMemoryBroker
+from .errors import ConfigurationError
 from .service import TaskQueueService
 
 if TYPE_CHECKING:
     from .broker.base import AbstractBroker
 
-__all__ = ["broker_from_url", "load_service"]
+__all__ = ["broker_from_url", "load_service", "require_extra"]
 
 
 def broker_from_url(url: str, *, queue: str | None = None) -> AbstractBroker:
-    """A broker for ``url``: ``redis://`` or ``rediss://`` (RedisBroker), ``memory://``."""
+    """A broker for ``url``: ``redis://`` or ``rediss://`` (RedisBroker), ``memory://``.
+
+    Raises ``ConfigurationError`` for a URL or queue name the broker cannot use, or when the
+    extra the URL needs is not installed.
+    """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("redis", "rediss", "unix"):
+        require_extra("redis", "redis", f"{scheme}:// URLs")
         from .broker.redis import RedisBroker  # imported here: it needs the [redis] extra
 
-        return RedisBroker(url, queue=queue or "default")
+        return RedisBroker(url, queue="default" if queue is None else queue)
     if scheme == "memory":
         return InMemoryBroker()
-    raise click.BadParameter(
-        f"unsupported broker URL {url!r}: use redis://, rediss:// or memory://",
-        param_hint="--broker",
+    raise ConfigurationError(
+        f"unsupported broker URL {masked_url(url)!r}: use redis://, rediss:// or memory://"
     )
+
+
+def require_extra(module: str, extra: str, feature: str) -> None:
+    """Raise ``ConfigurationError`` naming the ``pip install`` if ``module`` cannot be imported."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"{feature} need the {extra} extra: pip install 'katana-task-queue[{extra}]' ({exc})"
+        ) from exc
 
 
 def load_service(target: str) -> TaskQueueService:

@@ -1,19 +1,93 @@
-"""Broker URLs as they may be shown: with the password masked."""
+"""Broker URLs: checked before use, and shown with every credential masked."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+import re
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-__all__ = ["masked_url"]
+from .errors import ConfigurationError
+
+__all__ = ["check_redis_url", "masked_url"]
+
+#: Query parameters that carry a secret: ``password`` (redis-py and asyncpg take it there as
+#: well as in the userinfo), redis-py's ``ssl_password``, asyncpg's ``sslpassword``, and any
+#: token or secret a driver may grow.
+_SECRET_PARAMETER = re.compile(r"pass|secret|token|credential", re.IGNORECASE)
+_MASK = "***"
 
 
 def masked_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, fit for logs and banners."""
+    """``url`` with every credential replaced by ``***``, fit for logs, banners and errors.
+
+    Masks the password of the userinfo (``user:password@``), the value of every query
+    parameter whose name says it is secret (``?password=``, ``?ssl_password=``,
+    ``?sslpassword=``, even percent-encoded) and any fragment; a URL whose password holds an
+    unescaped ``/``, ``?`` or ``#`` is masked after its scheme. Never raises, whatever
+    ``url`` is: it runs on the way to reporting a bad one.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced "[" in the host: show nothing of it
+        return _all_masked(url)
+    if "@" not in parts.netloc and "@" in url.partition("://")[2]:
+        # A password holding an unescaped "/", "?" or "#" ends the netloc early: the netloc
+        # is part of the password and the rest of it is in the path, query or fragment.
+        return _all_masked(url)
+    masked = parts
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        user = userinfo.split(":", 1)[0]
+        masked = masked._replace(netloc=f"{user}:{_MASK}@{hostport}")
+    if parts.query:
+        pairs = [_masked_pair(pair) for pair in parts.query.split("&")]
+        masked = masked._replace(query="&".join(pairs))
+    if parts.fragment:
+        masked = masked._replace(fragment=_MASK)
+    # Rebuilt only when something was masked: urlunsplit shortens "memory://" to "memory:".
+    return url if masked == parts else urlunsplit(masked)
+
+
+def _all_masked(url: str) -> str:
+    scheme, separator, _rest = url.partition("://")
+    return f"{scheme}://{_MASK}" if separator else _MASK
+
+
+def _masked_pair(pair: str) -> str:
+    name, equals, _value = pair.partition("=")
+    if equals and _SECRET_PARAMETER.search(unquote_plus(name)):
+        return f"{name}={_MASK}"
+    return pair
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ``ConfigurationError`` for a Redis URL that redis-py would misread or reject late.
+
+    redis-py takes ``redis://host/notadb`` as db 0 and a misspelt query parameter as a keyword
+    argument that fails only on the first connection; both are refused here, with the URL
+    masked. What redis-py itself rejects (a bad port, ``?db=x``) is refused by the caller.
+    """
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigurationError(
+            f"invalid Redis URL {masked_url(url)}: the scheme must be redis, rediss or unix"
+        )
+    try:
+        parts.port  # noqa: B018  # the property raises for a port that is not a number
+    except ValueError as exc:  # its message quotes the port: part of a password, maybe
+        raise ConfigurationError(
+            f"invalid Redis URL {masked_url(url)}: the port must be a number in 0..65535"
+        ) from exc
+    if parts.scheme != "unix" and not re.fullmatch(r"/?|/[0-9]+", unquote_plus(parts.path)):
+        raise ConfigurationError(
+            f"invalid Redis URL {masked_url(url)}: the path must be a database number, "
+            f"like /0, got {parts.path[:50]!r}"
+        )
+    # redis-py hands unknown query parameters to the connection class, which rejects them
+    # only when the first connection is made: build one now (no I/O) to find out.
+    from redis.asyncio.connection import ConnectionPool  # only Redis URLs need redis
+
+    try:
+        pool = ConnectionPool.from_url(url)
+        pool.connection_class(**pool.connection_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"invalid Redis URL {masked_url(url)}: {exc}") from exc

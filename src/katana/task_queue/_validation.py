@@ -16,11 +16,13 @@ __all__ = [
     "MAX_DELAY_SECONDS",
     "MAX_PAYLOAD_BYTES",
     "MAX_PRIORITY",
+    "MAX_TASK_NAME_LENGTH",
     "MAX_UNIQUE_KEY_LENGTH",
     "MIN_PRIORITY",
     "check_delay",
     "check_max_retries",
     "check_priority",
+    "check_task_name",
     "check_timeout",
     "check_unique_key",
     "detached_payload",
@@ -37,6 +39,33 @@ MAX_DELAY_SECONDS = 30 * 24 * 3600.0
 MAX_UNIQUE_KEY_LENGTH = 512
 #: The largest JSON-encoded payload a task may carry.
 MAX_PAYLOAD_BYTES = 1024 * 1024
+#: Task names are identifiers; the HTTP API takes no longer ones, so none is registered.
+MAX_TASK_NAME_LENGTH = 200
+
+
+def check_task_name(name: object) -> str:
+    """``name`` if it can be registered: a non-empty str that every broker can store."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_TASK_NAME_LENGTH:
+        raise InvalidTaskError(
+            f"a task name must be a non-empty str of at most {MAX_TASK_NAME_LENGTH} "
+            f"characters, got {type(name).__name__} {name!r:.80}"
+        )
+    try:
+        name.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate: no broker could store or send it
+        raise InvalidTaskError(
+            f"a task name must be valid Unicode (no lone surrogates), got {name!r:.80}"
+        ) from exc
+    return name
+
+
+def _as_float(value: int | float, what: str) -> float:
+    """``float(value)``, or ``InvalidTaskError`` for an int too large for a float."""
+    try:
+        return float(value)
+    except OverflowError as exc:  # only an int overflows; it may be too long to print, too
+        bits = int(value).bit_length()
+        raise InvalidTaskError(f"{what} is out of range: got an int of {bits} bits") from exc
 
 
 def check_priority(priority: object) -> int:
@@ -58,7 +87,7 @@ def check_delay(delay_seconds: object) -> float:
         raise InvalidTaskError(
             f"delay_seconds must be a number, got {type(delay_seconds).__name__} {delay_seconds!r}"
         )
-    delay = float(delay_seconds)
+    delay = _as_float(delay_seconds, "delay_seconds")
     if not math.isfinite(delay) or not 0.0 <= delay <= MAX_DELAY_SECONDS:
         raise InvalidTaskError(
             f"delay_seconds must be finite and between 0 and {MAX_DELAY_SECONDS:.0f} "
@@ -82,11 +111,10 @@ def check_timeout(timeout_seconds: object) -> float | None:
         raise InvalidTaskError(
             f"timeout_seconds must be a number or None, got {type(timeout_seconds).__name__}"
         )
-    if not math.isfinite(timeout_seconds) or timeout_seconds <= 0:
-        raise InvalidTaskError(
-            f"timeout_seconds must be finite and above 0, got {timeout_seconds!r}"
-        )
-    return float(timeout_seconds)
+    timeout = _as_float(timeout_seconds, "timeout_seconds")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise InvalidTaskError(f"timeout_seconds must be finite and above 0, got {timeout!r}")
+    return timeout
 
 
 def check_unique_key(unique_key: object) -> str:

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
-from ._admin_cli import ADMIN_COMMANDS
-from ._loading import broker_from_url, load_service
+from ._admin_cli import ADMIN_COMMANDS, command_error
+from ._loading import broker_from_url, load_service, require_extra
 from ._urls import masked_url
-from .errors import BrokerUnavailableError
+from .errors import BrokerUnavailableError, ConfigurationError, KatanaError
 from .logs import JsonFormatter, TaskContextFilter
 
 if TYPE_CHECKING:
@@ -37,7 +37,17 @@ logger = logging.getLogger("katana.task_queue.cli")
 _LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 
 
-@click.group()
+class _KatanaGroup(click.Group):
+    """The ``katana`` group: any Katana error a command lets through ends it as one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KatanaError as exc:
+            raise command_error(exc) from exc
+
+
+@click.group(cls=_KatanaGroup)
 @click.version_option(__version__, prog_name="katana")
 def main() -> None:
     """Katana: an asyncio-native background task queue."""
@@ -94,7 +104,11 @@ for _command in ADMIN_COMMANDS:
     default=None,
     help="Broker URL overriding the service's own broker [env: KATANA_BROKER_URL].",
 )
-@click.option("--queue", default=None, help="Queue name for --broker (default: 'default').")
+@click.option(
+    "--queue",
+    default=None,
+    help="Queue name for --broker (default: the app's broker's queue).",
+)
 @click.option(
     "--metrics-port",
     default=None,
@@ -113,13 +127,19 @@ def worker(
     queue: str | None,
     metrics_port: int | None,
 ) -> None:
-    """Run workers for the TaskQueueService APP (module:attribute)."""
+    """Run workers for the TaskQueueService APP (module:attribute).
+
+    ``--broker`` (or KATANA_BROKER_URL) replaces the connection of the app's broker; the
+    app's queue stays unless ``--queue`` is given.
+    """
     _configure_logging(log_level, log_format)
     options = _WorkerOptions(
         app, concurrency, burst, shutdown_timeout, broker_url, queue, metrics_port
     )
+    if metrics_port is not None:
+        require_extra("prometheus_client", "web", "--metrics-port")
     service = _prepare(options)  # fail fast, in the parent, on a bad APP or URL
-    _print_banner(service, options, processes)
+    _print_banner(service, options, processes, _broker_source(click.get_current_context()))
     if processes == 1:
         sys.exit(asyncio.run(_run_worker(service, options)))
     sys.exit(_run_processes(options, processes, log_level, log_format))
@@ -141,17 +161,33 @@ class _WorkerOptions:
 def _prepare(options: _WorkerOptions) -> TaskQueueService:
     service = load_service(options.app)
     if options.broker_url:
-        service.broker = broker_from_url(options.broker_url, queue=options.queue)
+        # The URL replaces the connection only: the app's queue stays unless --queue is given.
+        queue = service.broker.queue if options.queue is None else options.queue
+        service.broker = broker_from_url(options.broker_url, queue=queue)
+    elif options.queue is not None:
+        raise click.UsageError("--queue picks a queue of --broker; give --broker too")
     return service
 
 
-def _print_banner(service: TaskQueueService, options: _WorkerOptions, processes: int) -> None:
+def _broker_source(ctx: click.Context) -> str:
+    """Where ``--broker`` came from, as the banner says it."""
+    if not ctx.params.get("broker_url"):  # unset, or an empty KATANA_BROKER_URL
+        return "the app"
+    if ctx.get_parameter_source("broker_url") is click.core.ParameterSource.ENVIRONMENT:
+        return "KATANA_BROKER_URL"
+    return "--broker"
+
+
+def _print_banner(
+    service: TaskQueueService, options: _WorkerOptions, processes: int, broker_source: str
+) -> None:
     broker = service.broker
     url = getattr(broker, "url", "memory://")
+    queue_source = "the app" if options.queue is None else "--queue"
     click.echo(
         f"katana {__version__} worker on {socket.gethostname()} (pid {os.getpid()})\n"
-        f"  broker:      {type(broker).__name__} {masked_url(url)}\n"
-        f"  queue:       {getattr(broker, 'queue', '-')}\n"
+        f"  broker:      {type(broker).__name__} {masked_url(url)} (from {broker_source})\n"
+        f"  queue:       {broker.queue} (from {queue_source})\n"
         f"  processes:   {processes} x concurrency {options.concurrency}\n"
         f"  burst:       {'yes' if options.burst else 'no'}\n"
         f"  tasks:       {', '.join(service.task_names) or '(none)'}",
@@ -292,16 +328,18 @@ def _dashboard(broker_url: str, queue: str | None, host: str, port: int, read_on
 
         from .web.app import create_dashboard_app
     except ImportError as exc:
-        raise click.ClickException(
+        raise ConfigurationError(
             f"katana dashboard needs the web extra: pip install 'katana-task-queue[web]' ({exc})"
         ) from exc
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
     broker = broker_from_url(broker_url, queue=queue)
     shown = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    broker_source = _broker_source(click.get_current_context())
+    queue_source = "no --queue given" if queue is None else "from --queue"
     click.echo(
         f"katana {__version__} dashboard on {shown}\n"
-        f"  broker:      {type(broker).__name__} {masked_url(broker_url)}\n"
-        f"  queue:       {getattr(broker, 'queue', '-')}\n"
+        f"  broker:      {type(broker).__name__} {masked_url(broker_url)} (from {broker_source})\n"
+        f"  queue:       {broker.queue} ({queue_source})\n"
         f"  mode:        {'read-only' if read_only else 'read-write'}",
         err=True,
     )

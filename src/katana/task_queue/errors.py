@@ -4,8 +4,9 @@
 KatanaError
 ├── UnknownTaskError(KatanaError, ValueError)     add_task() with an unregistered name
 ├── InvalidTaskError(KatanaError, ValueError)     bad priority / delay, or a payload that isn't JSON
+├── ConfigurationError(KatanaError, ValueError)   a bad broker URL or queue name, a missing extra
 ├── ServiceStateError(KatanaError, RuntimeError)  e.g. start_workers() after shutdown()
-├── TaskNotFoundError(KatanaError, LookupError)   management: no task has this id
+├── TaskNotFoundError(KatanaError, KeyError)      wait_for(), management: no task has this id
 ├── TaskStateError(KatanaError, ValueError)       management: not allowed in the task's status
 ├── TaskTimeoutError(KatanaError, TimeoutError)   an attempt ran past its timeout_seconds
 ├── TaskFailedError                               wait_for(): the task ended FAILED or DEAD
@@ -25,9 +26,11 @@ if TYPE_CHECKING:
     from .models import Task
 
 __all__ = [
+    "MAX_RETRY_DELAY_SECONDS",
     "BrokerClosedError",
     "BrokerError",
     "BrokerUnavailableError",
+    "ConfigurationError",
     "InvalidTaskError",
     "KatanaError",
     "Retry",
@@ -49,8 +52,14 @@ class UnknownTaskError(KatanaError, ValueError):
     """No executor is registered under the task name."""
 
 
-class TaskNotFoundError(KatanaError, LookupError):
-    """No task with this id is stored (never was, or was deleted after its retention)."""
+class TaskNotFoundError(KatanaError, KeyError):
+    """No task with this id is stored (never was, or was deleted after its retention).
+
+    A ``KeyError`` (so a ``LookupError``) because ``wait_for`` raised a bare ``KeyError`` before.
+    """
+
+    # KeyError's own __str__ shows the repr of its argument: the message would be quoted.
+    __str__ = Exception.__str__
 
 
 class TaskStateError(KatanaError, ValueError):
@@ -59,6 +68,10 @@ class TaskStateError(KatanaError, ValueError):
 
 class InvalidTaskError(KatanaError, ValueError):
     """A task argument (priority, delay, payload) is out of range or not serializable."""
+
+
+class ConfigurationError(KatanaError, ValueError):
+    """A setting is unusable: a malformed broker URL, a bad queue name, a missing extra."""
 
 
 class ServiceStateError(KatanaError, RuntimeError):
@@ -89,9 +102,24 @@ class Retry(KatanaError):  # control flow, named for what the executor asks
 
     def __init__(self, message: str = "", *, delay_seconds: float | None = None) -> None:
         super().__init__(message or "the executor asked to run again")
-        if delay_seconds is not None and not 0 <= delay_seconds < float("inf"):
-            raise ValueError(f"delay_seconds must be a finite number >= 0, got {delay_seconds!r}")
+        if delay_seconds is not None and not _is_retry_delay(delay_seconds):
+            # Refused here, in the executor: a delay no date can hold once broke the worker
+            # that computed the due time, and left the task PROCESSING for good.
+            raise ValueError(
+                f"delay_seconds must be a number from 0 to {MAX_RETRY_DELAY_SECONDS:.0f} "
+                f"(30 days, as add_task allows), got {delay_seconds!r:.50}"
+            )
         self.delay_seconds = delay_seconds
+
+
+#: The longest delay a ``Retry`` may ask for: the same 30 days ``add_task`` allows.
+MAX_RETRY_DELAY_SECONDS = 30 * 24 * 3600.0
+
+
+def _is_retry_delay(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return 0 <= value <= MAX_RETRY_DELAY_SECONDS  # NaN compares False; big ints compare exactly
 
 
 class TaskFailedError(KatanaError):

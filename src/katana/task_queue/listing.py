@@ -42,7 +42,8 @@ class TaskQuery:
             ``False`` only due ones.
         name: Only tasks with exactly this name.
         text: Only tasks whose id, name, payload (as JSON) or error contain this text,
-            ignoring case.
+            ignoring case. Blank text (empty or only whitespace) is no filter: it is what an
+            empty search box sends, so the API, the dashboard and the CLI read it alike.
     """
 
     status: TaskStatus | None = None

@@ -14,8 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from . import tracing
 from ._events import log_task_event
-from ._validation import check_max_retries, new_checked_task
-from .errors import InvalidTaskError, TaskNotFoundError, TaskStateError
+from ._validation import (
+    MAX_TASK_NAME_LENGTH,
+    check_max_retries,
+    check_task_name,
+    new_checked_task,
+)
+from .errors import TaskNotFoundError, TaskStateError
 from .listing import MAX_PAGE_SIZE, TaskPage, TaskQuery, WorkerInfo
 from .models import TERMINAL_STATUSES, Task, TaskStatus, utcnow
 
@@ -34,8 +39,6 @@ __all__ = [
     "QueueOverview",
 ]
 
-#: Longest task name ``enqueue`` accepts without a service to check it against.
-MAX_TASK_NAME_LENGTH = 200
 #: Statuses a task can be retried from: it ran (or was stopped) and is finished.
 RETRYABLE_STATUSES = TERMINAL_STATUSES
 #: Dead letters: tasks that failed for good.
@@ -141,7 +144,7 @@ class QueueManager:
         """The task with this id; raises ``TaskNotFoundError``."""
         task = await self.broker.get_task(task_id)
         if task is None:
-            raise TaskNotFoundError(f"no task has id {task_id!r}")
+            raise TaskNotFoundError(f"no task has id {task_id!r:.100}")  # ids come from users
         return task
 
     async def workers(self) -> list[WorkerInfo]:
@@ -208,10 +211,7 @@ class QueueManager:
             return await self.service.add_task(
                 name, payload, priority, delay_seconds, max_retries=max_retries
             )
-        if type(name) is not str or not 0 < len(name) <= MAX_TASK_NAME_LENGTH:
-            raise InvalidTaskError(
-                f"a task name must be 1 to {MAX_TASK_NAME_LENGTH} characters, got {name!r}"
-            )
+        check_task_name(name)
         retries = 0 if max_retries is None else check_max_retries(max_retries)
         task = new_checked_task(name, payload, priority, delay_seconds, self._now(), retries, None)
         stored = self.broker.enqueue(task)

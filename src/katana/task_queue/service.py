@@ -17,6 +17,7 @@ from ._events import log_task_event, logger
 from ._presence import Presence
 from ._validation import (
     check_max_retries,
+    check_task_name,
     check_timeout,
     check_unique_key,
     detached_payload,
@@ -29,6 +30,7 @@ from .errors import (
     ServiceStateError,
     TaskCancelledError,
     TaskFailedError,
+    TaskNotFoundError,
     TaskStateError,
     UnknownTaskError,
 )
@@ -115,8 +117,7 @@ class TaskQueueService:
             retry: How failed attempts of this task are retried (default: not at all).
             timeout_seconds: Default time limit of one attempt (``add_task`` may override it).
         """
-        if not name or not isinstance(name, str):
-            raise ValueError(f"a task name must be a non-empty string, got {name!r}")
+        check_task_name(name)
         if not callable(executor):
             raise TypeError(f"the executor for {name!r} is not callable: {executor!r}")
         self._policies[name] = retry or DEFAULT_RETRY_POLICY
@@ -201,7 +202,8 @@ class TaskQueueService:
     ) -> Task:
         if name not in self._executors:
             raise UnknownTaskError(
-                f"no executor is registered for task name {name!r}; registered: "
+                # Truncated: the name may be anything a caller sent, of any length.
+                f"no executor is registered for task name {name!r:.100}; registered: "
                 f"{', '.join(self.task_names) or '(none)'}"
             )
         # Registered defaults were checked by register(); only overrides are checked here.
@@ -307,11 +309,11 @@ class TaskQueueService:
             TaskFailedError: it ended FAILED or DEAD; ``.task`` has the error and history.
             TaskCancelledError: it was cancelled.
             TimeoutError: it did not finish within ``timeout`` seconds.
-            KeyError: no task has this id.
+            TaskNotFoundError: no task has this id (a ``KeyError``, as it was before).
         """
         task = await self.broker.wait_finished(task_id, timeout)
         if task is None:
-            raise KeyError(task_id)
+            raise TaskNotFoundError(f"no task has id {task_id!r:.100}")
         if task.status is TaskStatus.COMPLETED:
             return task.result
         if task.status is TaskStatus.CANCELLED:

@@ -55,8 +55,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "RedisBroker needs redis-py and hiredis: pip install 'katana-task-queue[redis]'"
     ) from exc
 
-from .._urls import masked_url
-from ..errors import BrokerClosedError, BrokerError, BrokerUnavailableError, TaskStateError
+from .._urls import check_redis_url, masked_url
+from ..errors import (
+    BrokerClosedError,
+    BrokerError,
+    BrokerUnavailableError,
+    ConfigurationError,
+    TaskStateError,
+)
 from ..listing import FILTER_SCAN_LIMIT, TaskPage, WorkerInfo, check_page
 from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error, new_task_id
 from ._claim_ahead import ClaimedAhead, RunTimes
@@ -166,8 +172,11 @@ class RedisBroker(AbstractBroker):
         key_prefix: str = "katana",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not _QUEUE_NAME.match(queue):
-            raise ValueError(f"queue name must match {_QUEUE_NAME.pattern}, got {queue!r}")
+        check_redis_url(url)
+        if not _QUEUE_NAME.fullmatch(queue):
+            raise ConfigurationError(
+                f"queue name must match {_QUEUE_NAME.pattern}, got {queue!r:.120}"
+            )
         if not lease_seconds > 0:
             raise ValueError(f"lease_seconds must be positive, got {lease_seconds!r}")
         if max_deliveries < 1:

@@ -10,6 +10,11 @@ provides: it runs before every route and rejects a request by raising ``HTTPExce
 With ``read_only=True`` every state-changing route answers 403. State-changing requests must
 carry the ``X-Katana-Request`` header and, when the browser sends an ``Origin``, come from the
 same host: a cross-site form or script cannot act on the queue.
+
+An app's own routes can answer like the router's: ``http_errors()`` turns Katana's exceptions
+into 404/409/422/503 (with ``Retry-After``), and ``validation_error_handler``, installed with
+``app.exception_handler(RequestValidationError)``, keeps a 422 from echoing unbounded or
+unencodable input.
 """
 
 from __future__ import annotations
@@ -27,12 +32,13 @@ from ..management import QueueManager
 from ..metrics import KatanaMetrics
 from . import _api, _dashboard, _metrics_route
 from ._deps import CSRF_HEADER, Dependencies, ManagerSource, WebSettings
+from ._errors import http_errors, validation_error_handler
 from ._schemas import TaskOut
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["CSRF_HEADER", "TaskOut", "katana_router"]
+__all__ = ["CSRF_HEADER", "TaskOut", "http_errors", "katana_router", "validation_error_handler"]
 
 
 def katana_router(

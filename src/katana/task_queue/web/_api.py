@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, status
 from ..listing import MAX_PAGE_SIZE, TaskQuery
 from ..models import TaskStatus
 from ._deps import Manager, require_write
-from ._errors import http_errors
+from ._errors import SafeValidationRoute, http_errors
 from ._schemas import (
     ActionOut,
     BulkActionIn,
@@ -30,7 +30,7 @@ Offset = Annotated[int, Query(ge=0, description="Tasks to skip.")]
 
 
 #: The JSON API; ``katana_router`` mounts it behind the dependencies that bind its settings.
-router = APIRouter(prefix="/api", tags=["katana"])
+router = APIRouter(prefix="/api", tags=["katana"], route_class=SafeValidationRoute)
 write = [Depends(require_write)]
 
 

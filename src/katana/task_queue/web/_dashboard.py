@@ -23,7 +23,7 @@ from ..listing import TaskQuery
 from ..management import DEAD_LETTER_STATUSES
 from ..models import TERMINAL_STATUSES, TaskStatus
 from ._deps import Manager, require_write
-from ._errors import http_errors
+from ._errors import RETRY_AFTER_SECONDS, SafeValidationRoute, http_errors
 from ._views import (
     STATIC_DIR,
     FilterError,
@@ -45,7 +45,7 @@ __all__ = ["router"]
 logger = logging.getLogger(__name__)
 
 #: The dashboard's pages and actions; ``katana_router`` mounts it after the API.
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=SafeValidationRoute)
 _write = [Depends(require_write)]
 
 #: The files under ``static/`` the dashboard serves, and their media types.
@@ -117,7 +117,11 @@ def _broker_down(
         extra={"katana_event": "dashboard_broker_error"},
     )
     failed = {**context, "broker_error": str(exc) or type(exc).__name__}
-    return _render(request, template, failed, status_code=200 if live else 503)
+    if live:
+        return _render(request, template, failed)
+    page = _render(request, template, failed, status_code=503)
+    page.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return page
 
 
 def _error_page(request: Request, status_code: int, message: str) -> HTMLResponse:
@@ -145,14 +149,11 @@ def _view_listing(view: _TableView, params: Mapping[str, str]) -> Listing:
 @contextmanager
 def _acting() -> Iterator[None]:
     """An action's errors as HTTP errors: 400, 404, 409, 422 or 503 with a clear message."""
-    try:
-        with http_errors():
-            try:
-                yield
-            except FilterError as exc:  # before http_errors makes this ValueError a 422
-                raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
-    except BrokerError as exc:  # unreachable is mapped by http_errors; closed lands here
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+    with http_errors():
+        try:
+            yield
+        except FilterError as exc:  # before http_errors makes this ValueError a 422
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
 
 
 def _flash(response: Response, message: str) -> Response:

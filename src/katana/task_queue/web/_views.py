@@ -178,9 +178,9 @@ def _integer(raw: str | None, what: str, default: int, low: int, high: int) -> i
     try:
         value = int(raw)
     except ValueError:
-        raise FilterError(f"{what} must be an integer, got {raw!r}") from None
+        raise FilterError(f"{what} must be an integer, got {raw!r:.100}") from None
     if not low <= value <= high:
-        raise FilterError(f"{what} must be from {low} to {high}, got {value}")
+        raise FilterError(f"{what} must be from {low} to {high}, got {raw.strip():.100}")
     return value
 
 
@@ -191,7 +191,7 @@ def _status(raw: str | None) -> TaskStatus | None:
         return TaskStatus(raw.strip().upper())
     except ValueError:
         names = ", ".join(status.value for status in TaskStatus)
-        raise FilterError(f"status must be one of {names}, got {raw!r}") from None
+        raise FilterError(f"status must be one of {names}, got {raw!r:.100}") from None
 
 
 _SCHEDULED = {"": None, "any": None, "yes": True, "true": True, "no": False, "false": False}
@@ -208,7 +208,7 @@ def parse_listing(params: Mapping[str, str]) -> Listing:
     """The listing ``params`` (a URL's query or a form) ask for; raises ``FilterError``."""
     scheduled_raw = params.get("scheduled", "").strip().lower()
     if scheduled_raw not in _SCHEDULED:
-        raise FilterError(f"scheduled must be yes, no or empty, got {scheduled_raw!r}")
+        raise FilterError(f"scheduled must be yes, no or empty, got {scheduled_raw!r:.100}")
     try:
         query = TaskQuery(
             status=_status(params.get("status")),
