@@ -9,6 +9,7 @@ import socket
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from ._cancelling import cancel_safe
 from ._events import logger
 from .listing import WorkerInfo
 from .models import new_task_id, utcnow
@@ -75,7 +76,8 @@ class Presence:
     async def _report_loop(self) -> None:
         while True:
             try:
-                await self._broker.record_worker(self.record())
+                # cancel_safe: stop() must not lose its cancel inside a driver call.
+                await cancel_safe(self._broker.record_worker(self.record()))
             except Exception as exc:  # the broker may be down: the workers carry on
                 logger.warning(
                     "cannot record this worker process in the broker: %s",

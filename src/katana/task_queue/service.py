@@ -13,6 +13,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import tracing
+from ._cancelling import cancel_safe
 from ._events import log_task_event, logger
 from ._presence import Presence
 from ._validation import (
@@ -307,7 +308,10 @@ class TaskQueueService:
             TimeoutError: it did not finish within ``timeout`` seconds.
             KeyError: no task has this id.
         """
-        task = await self.broker.wait_finished(task_id, timeout)
+        # The deadline is enforced here, around a cancel-safe wait: a broker's own timer could
+        # fire inside a driver call that swallows it (see _cancelling).
+        async with asyncio.timeout(timeout):
+            task = await cancel_safe(self.broker.wait_finished(task_id, timeout))
         if task is None:
             raise KeyError(task_id)
         if task.status is TaskStatus.COMPLETED:
@@ -472,7 +476,7 @@ class TaskQueueService:
                 if any(worker.current is not None for worker in self._workers):
                     await self._task_done.wait()  # our own workers are busy: not idle yet
                     continue
-                counts = await self.broker.count_by_status()
+                counts = await cancel_safe(self.broker.count_by_status())
                 if counts[TaskStatus.PENDING] == 0 and counts[TaskStatus.PROCESSING] == 0:
                     return
                 try:
