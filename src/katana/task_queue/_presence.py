@@ -52,6 +52,11 @@ class Presence:
         self._host = host
         self._started_at = now()
         self._loop_task: asyncio.Task[None] | None = None
+        self._refresh = asyncio.Event()
+
+    def refresh(self) -> None:
+        """Write the record again now, not at the next interval (something in it changed)."""
+        self._refresh.set()
 
     def start(self) -> None:
         if self._loop_task is None:
@@ -84,7 +89,10 @@ class Presence:
                     exc,
                     extra={"katana_event": "presence_error"},
                 )
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._refresh.wait()
+            self._refresh.clear()
 
     async def stop(self) -> None:
         if self._loop_task is None:
