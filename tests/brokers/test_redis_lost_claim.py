@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from katana.task_queue.broker.redis import RedisBroker
+from katana.task_queue.context import report_progress
 from katana.task_queue.models import Task, TaskStatus
 from katana.task_queue.service import TaskQueueService
 from katana.task_queue.testing import FakeClock
@@ -124,3 +126,47 @@ async def test_a_claim_lost_to_an_overwritten_record_stops_the_executor(
     stored = await service.get_task(task.id)
     assert stored is not None
     assert (stored.status, stored.claim_token) == (TaskStatus.PROCESSING, "someone-else")
+
+
+@pytest.mark.parametrize("change", ["overwritten", "deleted"])
+async def test_report_progress_finding_the_claim_lost_stops_the_executor(
+    broker: RedisBroker, redis_url: str, fake_clock: FakeClock, change: str
+) -> None:
+    reporting, stopped = asyncio.Event(), asyncio.Event()
+    gate = asyncio.Event()
+
+    async def reporter(task: Task) -> None:
+        try:
+            while True:
+                # It carries on whatever the report says (False, or KeyError once deleted).
+                with contextlib.suppress(KeyError):
+                    await report_progress(0.5)
+                reporting.set()
+                await gate.wait()
+                gate.clear()
+        finally:
+            stopped.set()
+
+    service = TaskQueueService(broker=broker, task_executors={"r": reporter}, clock=fake_clock)
+    task = await service.add_task("r")
+    service.start_workers(1)
+    try:
+        await asyncio.wait_for(reporting.wait(), GUARD_SECONDS)
+        # Given the running task's record changed under the worker (or deleted)
+        raw = aioredis.Redis.from_url(redis_url)
+        try:
+            key = f"{broker.prefix}:task:{task.id}"
+            if change == "overwritten":
+                await raw.hset(key, "claim_token", "someone-else")
+            else:
+                await raw.delete(key)
+        finally:
+            await raw.aclose()
+
+        # When its next progress report finds out (no heartbeat runs here)
+        gate.set()
+
+        # Then the executor is stopped at once
+        await asyncio.wait_for(stopped.wait(), PROMPT_SECONDS)
+    finally:
+        await service.shutdown(timeout=1)

@@ -693,22 +693,7 @@ class RedisBroker(AbstractBroker):
         renewed = dict(held)
         for raw_id in lost:
             task_id = raw_id.decode()
-            token = renewed.get(task_id, "")
-            if self._held.get(task_id) != token:
-                continue  # its outcome was handed over meanwhile: finished, not lost
-            self._release(task_id, token)
-            ahead = self._ahead.take(task_id)  # claimed ahead: no worker of ours may start it
-            logger.warning(
-                "lost the claim on task %s: its lease expired, or its record was changed or "
-                "deleted; it is not ours to run any more",
-                task_id,
-                extra={"katana_event": "lease_lost", "task_id": task_id},
-            )
-            if ahead is None:
-                # A worker of ours runs it: stop it now, as its outcome would be discarded and
-                # it may overlap the new owner's run.
-                for listener in self._cancel_listeners:
-                    listener(task_id)
+            self._claim_lost(task_id, renewed.get(task_id, ""))
         self._log_quarantined(quarantined)
         if requeued:
             logger.warning(
@@ -725,6 +710,24 @@ class RedisBroker(AbstractBroker):
                 self.max_deliveries,
                 extra={"katana_event": "task_dead", "task_id": raw_id.decode()},
             )
+
+    def _claim_lost(self, task_id: str, token: str) -> None:
+        """This process learned that its claim ``token`` on ``task_id`` is gone."""
+        if self._held.get(task_id) != token:
+            return  # its outcome was handed over meanwhile: finished, not lost
+        self._release(task_id, token)
+        ahead = self._ahead.take(task_id)  # claimed ahead: no worker of ours may start it
+        logger.warning(
+            "lost the claim on task %s: its lease expired, or its record was changed or "
+            "deleted; it is not ours to run any more",
+            task_id,
+            extra={"katana_event": "lease_lost", "task_id": task_id},
+        )
+        if ahead is None:
+            # A worker of ours runs it: stop it now, as its outcome would be discarded and it
+            # may overlap the new owner's run.
+            for listener in self._cancel_listeners:
+                listener(task_id)
 
     # -- outcomes ------------------------------------------------------------------------
 
@@ -845,6 +848,8 @@ class RedisBroker(AbstractBroker):
     ) -> bool:
         args = [self._now_ms(), task_id, claim_token or "", repr(float(fraction)), message]
         code = int(await self._run("progress", args))
+        if code <= 0:  # the claim is gone: no need to wait for the heartbeat to find out
+            self._claim_lost(task_id, claim_token or "")
         if code < 0:
             raise KeyError(task_id)
         return code == 1
