@@ -73,7 +73,11 @@ class Worker:
         self._unconfirmed: set[asyncio.Future[bool]] = set()
 
     def cancel_current(self, task_id: str) -> None:
-        """Stop the task ``task_id`` if this worker is running it; it ends CANCELLED."""
+        """Stop the task ``task_id`` if this worker is running it; it ends CANCELLED.
+
+        The broker also calls this when this process lost its claim on the task: then the
+        fenced ``mark_cancelled`` records nothing, and the worker only logs it.
+        """
         current = self.current
         # Only while the executor runs: a cancel landing while the outcome is being recorded
         # would stop the worker itself. A task past its executor just finishes.
