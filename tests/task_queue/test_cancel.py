@@ -130,3 +130,38 @@ async def test_cancelling_a_finished_or_unknown_task_changes_nothing(
     stored = await service.get_task(task.id)
     assert stored is not None
     assert stored.status is TaskStatus.COMPLETED
+
+
+async def test_an_executor_swallowing_its_cancellation_still_ends_cancelled(
+    service: TaskQueueService, recorder: Recorder
+) -> None:
+    started, swallowed = asyncio.Event(), asyncio.Event()
+
+    async def stubborn(task: Task) -> str:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            swallowed.set()  # a bug in the executor: it goes on as if nothing happened
+        return "finished anyway"
+
+    # Given a running executor that swallows CancelledError, and one worker slot
+    service.register("stubborn", stubborn)
+    task = await service.add_task("stubborn", max_retries=2)
+    service.start_workers(1)
+    await asyncio.wait_for(started.wait(), GUARD_SECONDS)
+
+    # When it is cancelled
+    assert await service.cancel(task.id) is True
+
+    # Then it ends CANCELLED as cancel() promised, its result discarded
+    with pytest.raises(TaskCancelledError):
+        await service.wait_for(task.id, timeout=GUARD_SECONDS)
+    assert swallowed.is_set()
+    stored = await service.get_task(task.id)
+    assert stored is not None
+    assert (stored.status, stored.result, stored.attempts) == (TaskStatus.CANCELLED, None, 1)
+    # And the worker slot goes on with the next task
+    after = await service.add_task("record")
+    await service.wait_for(after.id, timeout=GUARD_SECONDS)
+    assert recorder.ran == [after.id]

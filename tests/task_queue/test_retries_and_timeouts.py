@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from typing import TYPE_CHECKING, Any
 
@@ -199,6 +200,39 @@ async def test_a_timed_out_attempt_is_retried_when_retries_remain(
     assert done.errors[0]["error"].startswith("TaskTimeoutError")
 
 
+async def test_an_attempt_swallowing_its_timeout_still_fails_with_task_timeout_error(
+    service: TaskQueueService,
+) -> None:
+    async def stubborn(task: Task) -> str:
+        # A bug in the executor: it goes on as if nothing happened.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(10)
+        return "finished anyway"
+
+    service.register("stubborn", stubborn, timeout_seconds=0.1)
+    done = await run_to_idle(service, await service.add_task("stubborn"))
+
+    assert (done.status, done.attempts, done.result) == (TaskStatus.FAILED, 1, None)
+    assert (done.error or "").startswith("TaskTimeoutError")
+
+
+async def test_a_timeout_is_retried_only_when_the_policy_retries_timeout_errors(
+    service: TaskQueueService, clock: FakeClock, retries: RetryLog
+) -> None:
+    # A timed-out attempt is a TaskTimeoutError (a TimeoutError), matched against retry_on
+    # like any failure: the default policy (Exception) retries it, this one does not.
+    async def slow(task: Task) -> None:
+        await asyncio.sleep(10)
+
+    policy = RetryPolicy(max_retries=3, backoff_base_seconds=0.01, retry_on=(ConnectionError,))
+    service.register("slow", slow, retry=policy, timeout_seconds=0.1)
+    done = await run_to_idle(service, await service.add_task("slow"))
+
+    assert (done.status, done.attempts) == (TaskStatus.FAILED, 1)
+    assert (done.error or "").startswith("TaskTimeoutError")
+    assert retries.delays == []
+
+
 async def test_an_executors_own_timeout_error_is_an_ordinary_failure(
     service: TaskQueueService,
 ) -> None:
@@ -312,3 +346,28 @@ async def test_a_result_json_cannot_hold_fails_the_task_and_the_worker_goes_on(
     assert failed.error is not None
     assert "InvalidTaskError" in failed.error
     assert (done.status, done.result) == (TaskStatus.COMPLETED, "fine")
+
+
+async def test_a_result_json_cannot_hold_fails_at_once_without_retries(
+    service: TaskQueueService, retries: RetryLog
+) -> None:
+    runs: list[int] = []
+
+    async def returns_a_set(task: Task) -> set[int]:
+        runs.append(task.attempts)  # a side effect a retry would repeat
+        return {1, 2}
+
+    # Given an executor that returns what JSON cannot hold, with retries to spare
+    service.register("returns_a_set", returns_a_set, retry=FAST)
+    task = await service.add_task("returns_a_set", max_retries=3)
+
+    # When it runs
+    done = await run_to_idle(service, task)
+
+    # Then it fails at once (a programming error: another attempt returns the same), and the
+    # error names the type
+    assert runs == [1]
+    assert retries.delays == []
+    assert (done.status, done.attempts) == (TaskStatus.FAILED, 1)
+    assert done.error is not None
+    assert done.error.startswith("InvalidTaskError: the executor's return value (set)")

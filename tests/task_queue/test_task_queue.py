@@ -618,7 +618,7 @@ class TestShutdown:
         assert interrupted.is_set()
         handed_back = await stored(service, task.id)
         assert (handed_back.status, handed_back.claim_token) == (TaskStatus.PENDING, None)
-        assert handed_back.attempts == 1
+        assert handed_back.attempts == 0  # nothing failed: the attempt does not count
         assert (await broker.count_by_status())[TaskStatus.PROCESSING] == 0
 
         # And the next service runs it
@@ -626,7 +626,7 @@ class TestShutdown:
         successor.start_workers(1)
         await successor.wait_idle(timeout=GUARD_SECONDS)
         done = await stored(successor, task.id)
-        assert (done.status, done.attempts) == (TaskStatus.COMPLETED, 2)
+        assert (done.status, done.attempts) == (TaskStatus.COMPLETED, 1)
 
     async def test_start_workers_after_shutdown_raises(self, make_service: MakeService) -> None:
         service = make_service({"noop": noop})

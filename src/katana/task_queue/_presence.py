@@ -9,6 +9,7 @@ import socket
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from ._cancelling import cancel_safe
 from ._events import logger
 from .listing import WorkerInfo
 from .models import new_task_id, utcnow
@@ -51,6 +52,11 @@ class Presence:
         self._host = host
         self._started_at = now()
         self._loop_task: asyncio.Task[None] | None = None
+        self._refresh = asyncio.Event()
+
+    def refresh(self) -> None:
+        """Write the record again now, not at the next interval (something in it changed)."""
+        self._refresh.set()
 
     def start(self) -> None:
         if self._loop_task is None:
@@ -75,14 +81,18 @@ class Presence:
     async def _report_loop(self) -> None:
         while True:
             try:
-                await self._broker.record_worker(self.record())
+                # cancel_safe: stop() must not lose its cancel inside a driver call.
+                await cancel_safe(self._broker.record_worker(self.record()))
             except Exception as exc:  # the broker may be down: the workers carry on
                 logger.warning(
                     "cannot record this worker process in the broker: %s",
                     exc,
                     extra={"katana_event": "presence_error"},
                 )
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._refresh.wait()
+            self._refresh.clear()
 
     async def stop(self) -> None:
         if self._loop_task is None:

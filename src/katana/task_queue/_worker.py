@@ -13,7 +13,14 @@ from ._events import log_task_event, logger
 from ._validation import json_safe
 from .config import DEFAULT_RETRY_POLICY, RetryPolicy
 from .context import reset_running, running
-from .errors import BrokerClosedError, BrokerError, Retry, TaskTimeoutError, UnknownTaskError
+from .errors import (
+    BrokerClosedError,
+    BrokerError,
+    InvalidTaskError,
+    Retry,
+    TaskTimeoutError,
+    UnknownTaskError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -66,7 +73,11 @@ class Worker:
         self._unconfirmed: set[asyncio.Future[bool]] = set()
 
     def cancel_current(self, task_id: str) -> None:
-        """Stop the task ``task_id`` if this worker is running it; it ends CANCELLED."""
+        """Stop the task ``task_id`` if this worker is running it; it ends CANCELLED.
+
+        The broker also calls this when this process lost its claim on the task: then the
+        fenced ``mark_cancelled`` records nothing, and the worker only logs it.
+        """
         current = self.current
         # Only while the executor runs: a cancel landing while the outcome is being recorded
         # would stop the worker itself. A task past its executor just finishes.
@@ -154,38 +165,65 @@ class Worker:
             finally:
                 self._in_executor = False
                 reset_running(token)
-            result = json_safe(value, "the executor's return value")
         except asyncio.CancelledError as exc:
-            current = asyncio.current_task()
-            if self._cancelling == task.id and current is not None:
-                await self._record_cancelled(task)
-                if current.uncancel() == 0:
-                    return  # nobody else wants this worker stopped: on to the next task
-                raise
-            if current is None or not current.cancelling():
-                # The executor's own code was cancelled (it cancelled something it awaited):
-                # a failure of this task, not a request to stop the worker.
-                await self._record_failure(task, exc)
-                return
-            # Stopped before finishing: give the task back so another worker runs it.
-            try:
-                await asyncio.shield(broker.requeue(task.id, claim_token=task.claim_token))
-            except BrokerError as error:
-                _log_not_recorded(task, error)  # its lease will expire and hand it back
-                raise
-            log_task_event(
-                logging.WARNING,
-                "task_requeued",
-                task,
-                "task %s was interrupted and is PENDING again",
-                task.id,
-            )
-            raise
+            await self._interrupted(task, exc)
+            return
         except Exception as exc:
-            await self._handle_failure(task, exc)
+            if self._cancelling == task.id:  # cancel() said yes: that outcome wins
+                await self._end_cancelled(task)
+            else:
+                await self._handle_failure(task, exc)
+            return
+        if self._cancelling == task.id:
+            # cancel() said yes, yet the executor returned: it swallowed the CancelledError,
+            # or a driver did (CPython gh-86296). It ends CANCELLED as promised; the result
+            # is discarded.
+            await self._end_cancelled(task)
+            return
+        await self._record_result(task, value)
+
+    async def _interrupted(self, task: Task, exc: asyncio.CancelledError) -> None:
+        """The executor was cancelled: by ``cancel_current``, by itself, or to stop the worker.
+
+        Raises ``CancelledError`` when the worker itself is being stopped.
+        """
+        if self._cancelling == task.id:
+            await self._end_cancelled(task)
+            return
+        current = asyncio.current_task()
+        if current is None or not current.cancelling():
+            # The executor's own code was cancelled (it cancelled something it awaited):
+            # a failure of this task, not a request to stop the worker.
+            await self._record_failure(task, exc)
+            return
+        # Stopped before finishing: give the task back so another worker runs it. Nothing
+        # failed, so the interrupted attempt does not count against its retries.
+        try:
+            handing_back = self._broker.hand_back(task.id, claim_token=task.claim_token or "")
+            await asyncio.shield(handing_back)
+        except (BrokerError, KeyError) as error:  # KeyError: its record was deleted
+            _log_not_recorded(task, error)  # its lease will expire and hand it back
+            raise exc from None
+        log_task_event(
+            logging.WARNING,
+            "task_requeued",
+            task,
+            "task %s was interrupted and is PENDING again",
+            task.id,
+        )
+        raise exc
+
+    async def _record_result(self, task: Task, value: Any) -> None:
+        try:
+            result = json_safe(value, f"the executor's return value ({type(value).__name__})")
+        except InvalidTaskError as exc:
+            # A programming error, not bad luck: another attempt would return the same, after
+            # repeating the executor's side effects. The task fails at once.
+            await self._record_failure(task, exc)
             return
         # Take the next task while the outcome is written: a batching broker sends it along
         # with its next claim. run() waits for every outcome before it returns.
+        broker = self._broker
         outcome = broker.complete_soon(task.id, result, claim_token=task.claim_token)
         if outcome.done():
             problem = outcome.exception()
@@ -201,14 +239,37 @@ class Worker:
         self._unconfirmed.discard(outcome)
         _report_completion(task, outcome)
 
+    async def _end_cancelled(self, task: Task) -> None:
+        """Record the task CANCELLED, then take back the cancel ``cancel_current`` sent.
+
+        Raises ``CancelledError`` if someone else wants this worker stopped as well (shutdown).
+        """
+        await self._record_cancelled(task)
+        current = asyncio.current_task()
+        # cancel_current() cancelled this worker once: undo exactly that one, whether the
+        # CancelledError came out of the executor or was swallowed on the way.
+        if current is not None and current.uncancel() > 0:
+            raise asyncio.CancelledError
+
     async def _record_cancelled(self, task: Task) -> None:
         self._cancelling = None
         try:
-            await asyncio.shield(self._broker.mark_cancelled(task.id, claim_token=task.claim_token))
+            recorded = await asyncio.shield(
+                self._broker.mark_cancelled(task.id, claim_token=task.claim_token)
+            )
         except (BrokerError, KeyError) as error:
             _log_not_recorded(task, error)
             return
-        log_task_event(logging.INFO, "task_cancelled", task, "task %s was cancelled", task.id)
+        if recorded:
+            log_task_event(logging.INFO, "task_cancelled", task, "task %s was cancelled", task.id)
+        else:
+            log_task_event(
+                logging.WARNING,
+                "task_claim_lost",
+                task,
+                "task %s was stopped: its claim was lost; nothing recorded",
+                task.id,
+            )
 
     async def _handle_failure(self, task: Task, exc: Exception) -> None:
         """Retry the failed attempt if the task's policy allows it, else fail the task."""
@@ -291,13 +352,22 @@ async def _run(executor: TaskExecutor, task: Task) -> Any:
     scope = asyncio.timeout(limit)
     try:
         async with scope:
-            return await executor(task)
+            value = await executor(task)
     except TimeoutError as exc:
         if scope.expired():
-            raise TaskTimeoutError(
-                f"the attempt ran longer than its timeout of {limit:g}s and was cancelled"
-            ) from exc
+            raise _timed_out(limit) from exc
         raise
+    if scope.expired():
+        # The time was up, yet the executor returned: it swallowed the CancelledError, or a
+        # driver did (CPython gh-86296). The attempt still ran over: its result is discarded.
+        raise _timed_out(limit)
+    return value
+
+
+def _timed_out(limit: float) -> TaskTimeoutError:
+    return TaskTimeoutError(
+        f"the attempt ran longer than its timeout of {limit:g}s and was cancelled"
+    )
 
 
 def _log_not_recorded(task: Task, error: BaseException) -> None:

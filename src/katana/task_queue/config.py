@@ -21,7 +21,8 @@ class RetryPolicy:
         backoff_base_seconds: The first retry's delay bound; each retry doubles it.
         backoff_max_seconds: The cap on any retry's delay.
         retry_on: Exception types worth retrying; others fail the task at once. A ``Retry``
-            raised by the executor is always retried while retries remain.
+            raised by the executor is always retried while retries remain. A timed-out
+            attempt counts as ``TaskTimeoutError``, a ``TimeoutError``.
         jitter: Full jitter (a uniform delay between 0 and the bound), so that tasks failing
             together do not retry together. ``False`` waits exactly the bound.
     """

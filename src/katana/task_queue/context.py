@@ -6,6 +6,7 @@ import math
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING
 
+from ._cancelling import cancel_safe
 from .errors import KatanaError
 
 if TYPE_CHECKING:
@@ -72,6 +73,9 @@ async def report_progress(fraction: float, message: str = "") -> bool:
     if len(message) > MAX_PROGRESS_MESSAGE:
         raise ValueError(f"message must be a str of at most {MAX_PROGRESS_MESSAGE} characters")
     broker, task = entry
-    return await broker.set_progress(
-        task.id, float(fraction), message, claim_token=task.claim_token
+    # A cancel or timeout of the executor lands here, at Katana's await, never inside the
+    # driver, which may swallow it (see _cancelling). It also makes every report a point
+    # where the event loop runs others, so a tight reporting loop cannot starve it.
+    return await cancel_safe(
+        broker.set_progress(task.id, float(fraction), message, claim_token=task.claim_token)
     )

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from cronsim import CronSim, CronSimError
 
+from ._cancelling import cancel_safe
 from .errors import InvalidTaskError
 
 if TYPE_CHECKING:
@@ -263,7 +264,8 @@ class Scheduler:
         # is due, plus the clock skew between hosts.
         ttl = (following - now).total_seconds() + _CLOCK_SKEW_SECONDS
         try:
-            fired = await self._fire(job, slot_key, ttl)
+            # cancel_safe: stop() must not lose its cancel inside a driver call.
+            fired = await cancel_safe(self._fire(job, slot_key, ttl))
         except Exception:
             # Broker outage or the like: keep the slot due and try again (while it is the
             # latest). Slot and task are stored in one step, so a call that did succeed

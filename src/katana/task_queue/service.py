@@ -13,6 +13,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import tracing
+from ._cancelling import cancel_safe
 from ._events import log_task_event, logger
 from ._presence import Presence
 from ._validation import (
@@ -86,8 +87,10 @@ class TaskQueueService:
         for name, executor in (task_executors or {}).items():
             self.register(name, executor)
         self._state = ServiceState.CREATED
+        # The live worker slots, and the asyncio task running each (same order).
         self._workers: list[Worker] = []
         self._worker_tasks: list[asyncio.Task[None]] = []
+        self._slots_started = 0
         self._in_flight = 0
         self._processed = 0
         self._task_done = asyncio.Event()
@@ -311,7 +314,10 @@ class TaskQueueService:
             TimeoutError: it did not finish within ``timeout`` seconds.
             TaskNotFoundError: no task has this id (a ``KeyError``, as it was before).
         """
-        task = await self.broker.wait_finished(task_id, timeout)
+        # The deadline is enforced here, around a cancel-safe wait: a broker's own timer could
+        # fire inside a driver call that swallows it (see _cancelling).
+        async with asyncio.timeout(timeout):
+            task = await cancel_safe(self.broker.wait_finished(task_id, timeout))
         if task is None:
             raise TaskNotFoundError(f"no task has id {task_id!r:.100}")
         if task.status is TaskStatus.COMPLETED:
@@ -398,23 +404,11 @@ class TaskQueueService:
             self.broker.add_cancel_listener(self._cancel_running)
             self._scheduler.start()
         self._state = ServiceState.RUNNING
-        started = []
-        for _ in range(num_workers):
-            worker = Worker(
-                f"worker-{len(self._workers) + 1}",
-                self.broker,
-                self._executors,
-                self._policies,
-                should_stop=self._stopping,
-                on_task_done=self._on_task_done,
-            )
-            self._workers.append(worker)
-            started.append(asyncio.create_task(worker.run(), name=f"katana-{worker.name}"))
-        self._worker_tasks.extend(started)
+        started = [self._start_slot() for _ in range(num_workers)]
         if self._presence is None:
             self._presence = Presence(
                 self.broker,
-                concurrency=lambda: len(self._workers),
+                concurrency=lambda: sum(1 for task in self._worker_tasks if not task.done()),
                 current_task_ids=self._current_task_ids,
                 processed=lambda: self._processed,
                 task_names=self.task_names,
@@ -423,6 +417,52 @@ class TaskQueueService:
             self._presence.start()
         logger.info("started %d workers", num_workers, extra={"katana_event": "workers_started"})
         return started
+
+    def _start_slot(self) -> asyncio.Task[None]:
+        self._slots_started += 1  # names stay unique across replacements
+        worker = Worker(
+            f"worker-{self._slots_started}",
+            self.broker,
+            self._executors,
+            self._policies,
+            should_stop=self._stopping,
+            on_task_done=self._on_task_done,
+        )
+        worker_task = asyncio.create_task(worker.run(), name=f"katana-{worker.name}")
+        self._workers.append(worker)
+        self._worker_tasks.append(worker_task)
+        worker_task.add_done_callback(functools.partial(self._slot_ended, worker))
+        return worker_task
+
+    def _slot_ended(self, worker: Worker, worker_task: asyncio.Task[None]) -> None:
+        """A worker slot ended while the service runs: log it, and replace it if it crashed."""
+        if self._state is not ServiceState.RUNNING:
+            return  # shutdown() stops the slots and waits for them
+        index = self._worker_tasks.index(worker_task)
+        del self._workers[index], self._worker_tasks[index]
+        if worker_task.cancelled():
+            # Someone cancelled the task start_workers() returned (or the loop is closing):
+            # that is a request to stop this slot, so it is not replaced.
+            logger.warning(
+                "worker %s was cancelled outside shutdown(); %d worker slots remain",
+                worker.name,
+                len(self._workers),
+                extra={"katana_event": "worker_stopped"},
+            )
+        elif (error := worker_task.exception()) is not None:
+            replacement = self._start_slot()
+            logger.error(
+                "worker %s died (%s: %s); %s replaces it",
+                worker.name,
+                type(error).__name__,
+                error,
+                replacement.get_name().removeprefix("katana-"),
+                exc_info=error,
+                extra={"katana_event": "worker_died"},
+            )
+        # Returned normally: the broker was closed, which it logged.
+        if self._presence is not None:
+            self._presence.refresh()  # the record shows the live slots
 
     def _cancel_running(self, task_id: str) -> None:
         for worker in self._workers:
@@ -494,7 +534,7 @@ class TaskQueueService:
                 if any(worker.current is not None for worker in self._workers):
                     await self._task_done.wait()  # our own workers are busy: not idle yet
                     continue
-                counts = await self.broker.count_by_status()
+                counts = await cancel_safe(self.broker.count_by_status())
                 if counts[TaskStatus.PENDING] == 0 and counts[TaskStatus.PROCESSING] == 0:
                     return
                 try:

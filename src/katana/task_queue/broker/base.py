@@ -11,6 +11,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Self
 
+from .._cancelling import cancel_safe
 from ..listing import TaskQuery
 from ..models import TERMINAL_STATUSES
 
@@ -157,6 +158,16 @@ class AbstractBroker(ABC):
         """
 
     @abstractmethod
+    async def hand_back(self, task_id: str, *, claim_token: str) -> bool:
+        """Give back a claimed task whose worker stopped before it finished (shutdown).
+
+        Nothing failed, so the attempt does not count: the task is PENDING again, due at once,
+        with ``attempts`` as before this claim (a retry is not used up) and no error recorded.
+        A task whose cancellation was requested meanwhile ends CANCELLED instead. Returns
+        ``False`` if the claim was lost.
+        """
+
+    @abstractmethod
     async def set_progress(
         self, task_id: str, fraction: float, message: str, *, claim_token: str | None = None
     ) -> bool:
@@ -186,7 +197,12 @@ class AbstractBroker(ABC):
 
     @abstractmethod
     def add_cancel_listener(self, listener: Callable[[str], None]) -> None:
-        """Call ``listener(task_id)`` when cancelling a task this process is running."""
+        """Call ``listener(task_id)`` when a task this process is running must stop.
+
+        That is when its cancellation is requested, and, for brokers with leases, when this
+        process learns that it lost the claim (the lease expired, the record was changed or
+        deleted): its run can no longer be recorded and may overlap the new owner's.
+        """
 
     @abstractmethod
     async def mark_cancelled(self, task_id: str, *, claim_token: str | None = None) -> bool:
@@ -201,7 +217,8 @@ class AbstractBroker(ABC):
         pause = 0.01
         async with asyncio.timeout(timeout):
             while True:
-                task = await self.get_task(task_id)
+                # cancel_safe: the timeout must not be lost inside a driver call.
+                task = await cancel_safe(self.get_task(task_id))
                 if task is None or task.status in TERMINAL_STATUSES:
                     return task
                 await asyncio.sleep(pause)

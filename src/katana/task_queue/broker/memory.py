@@ -399,6 +399,21 @@ class InMemoryBroker(AbstractBroker):
         self._make_pending(task, due)
         return True
 
+    async def hand_back(self, task_id: str, *, claim_token: str) -> bool:
+        self._ensure_open()
+        task = self._claimed(task_id, claim_token)
+        if task is None:
+            return False
+        if task_id in self._cancel_requested:  # cancelled while it ran: it does not run again
+            self._set_status(task, TaskStatus.CANCELLED)
+            task.claim_token = None
+            task.finished_at = self._instant()
+            return True
+        task.attempts -= 1  # the claim is undone: the attempt did not happen
+        task.started_at = None
+        self._make_pending(task, task.scheduled_at)  # due when it was: back in its place
+        return True
+
     def _record_error(self, task: Task, error: str, traceback: str | None) -> None:
         task.error = error
         task.traceback = traceback

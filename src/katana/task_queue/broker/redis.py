@@ -55,6 +55,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "RedisBroker needs redis-py and hiredis: pip install 'katana-task-queue[redis]'"
     ) from exc
 
+from .._cancelling import cancel_safe
 from .._urls import check_redis_url, masked_url
 from ..errors import (
     BrokerClosedError,
@@ -738,17 +739,7 @@ class RedisBroker(AbstractBroker):
         renewed = dict(held)
         for raw_id in lost:
             task_id = raw_id.decode()
-            token = renewed.get(task_id, "")
-            if self._held.get(task_id) != token:
-                continue  # its outcome was handed over meanwhile: finished, not lost
-            self._release(task_id, token)
-            self._ahead.take(task_id)  # claimed ahead: no worker of ours may start it now
-            logger.warning(
-                "lost the claim on task %s: its lease or this process's liveness mark expired, "
-                "and it belongs to another worker now",
-                task_id,
-                extra={"katana_event": "lease_lost", "task_id": task_id},
-            )
+            self._claim_lost(task_id, renewed.get(task_id, ""))
         self._log_quarantined(quarantined)
         if orphans:
             logger.warning(
@@ -773,6 +764,24 @@ class RedisBroker(AbstractBroker):
                 self.max_deliveries,
                 extra={"katana_event": "task_dead", "task_id": raw_id.decode()},
             )
+
+    def _claim_lost(self, task_id: str, token: str) -> None:
+        """This process learned that its claim ``token`` on ``task_id`` is gone."""
+        if self._held.get(task_id) != token:
+            return  # its outcome was handed over meanwhile: finished, not lost
+        self._release(task_id, token)
+        ahead = self._ahead.take(task_id)  # claimed ahead: no worker of ours may start it
+        logger.warning(
+            "lost the claim on task %s: its lease or this process's liveness mark expired, or "
+            "its record was changed or deleted; it is not ours to run any more",
+            task_id,
+            extra={"katana_event": "lease_lost", "task_id": task_id},
+        )
+        if ahead is None:
+            # A worker of ours runs it: stop it now, as its outcome would be discarded and it
+            # may overlap the new owner's run.
+            for listener in self._cancel_listeners:
+                listener(task_id)
 
     # -- outcomes ------------------------------------------------------------------------
 
@@ -882,11 +891,19 @@ class RedisBroker(AbstractBroker):
         entry = self._error_entry(error, traceback)
         return await self._submit("requeue", task_id, claim_token, delay_ms, error, entry)
 
+    async def hand_back(self, task_id: str, *, claim_token: str) -> bool:
+        # The same step as undoing a claim made ahead: attempts and deliveries as before it,
+        # back in its old place in the ready set.
+        member = self._members.get(task_id, b"")
+        return await self._submit("release", task_id, claim_token, member, "")
+
     async def set_progress(
         self, task_id: str, fraction: float, message: str, *, claim_token: str | None = None
     ) -> bool:
         args = [self._now_ms(), task_id, claim_token or "", repr(float(fraction)), message]
         code = int(await self._run("progress", args))
+        if code <= 0:  # the claim is gone: no need to wait for the heartbeat to find out
+            self._claim_lost(task_id, claim_token or "")
         if code < 0:
             raise KeyError(task_id)
         return code == 1
@@ -970,7 +987,8 @@ class RedisBroker(AbstractBroker):
                 finished = watch.watch(task_id)
                 try:
                     await watch.subscribed()  # before reading: a later finish is not missed
-                    task = await self.get_task(task_id)
+                    # cancel_safe: the timeout must not be lost inside redis-py (_cancelling).
+                    task = await cancel_safe(self.get_task(task_id))
                     if task is None or task.status in TERMINAL_STATUSES:
                         return task
                     with contextlib.suppress(TimeoutError):

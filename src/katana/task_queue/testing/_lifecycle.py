@@ -37,6 +37,7 @@ _CALLS_AFTER_CLOSE: dict[str, Callable[[AbstractBroker, Task], Awaitable[object]
         task.id, "E: x", claim_token=task.claim_token
     ),
     "requeue": lambda broker, task: broker.requeue(task.id, claim_token=task.claim_token),
+    "hand_back": lambda broker, task: broker.hand_back(task.id, claim_token=task.claim_token or ""),
     "count_by_status": lambda broker, _: broker.count_by_status(),
 }
 

@@ -167,6 +167,49 @@ class StorageContract(ContractBase):
         assert again.attempts == 2
         assert again.claim_token != first.claim_token
 
+    async def test_hand_back_undoes_the_claim_without_using_up_an_attempt(
+        self, broker: AbstractBroker
+    ) -> None:
+        # Given a task claimed twice: a failed attempt (a retry), then a running one
+        await broker.enqueue(make_task())
+        first = await claim(broker)
+        assert await broker.requeue(first.id, claim_token=first.claim_token, error="E: first")
+        second = await claim(broker)
+        assert second.claim_token is not None
+        assert second.attempts == 2
+
+        # When its worker stops before it finished (shutdown) and hands it back
+        assert await broker.hand_back(second.id, claim_token=second.claim_token) is True
+
+        # Then it is PENDING again, due at once, as before the second claim: nothing failed
+        stored = await broker.get_task(second.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts, stored.claim_token) == (
+            TaskStatus.PENDING,
+            1,
+            None,
+        )
+        assert [entry["error"] for entry in stored.errors] == ["E: first"]
+        again = await claim(broker)
+        assert (again.id, again.attempts) == (second.id, 2)
+        # And a stale claim cannot hand it back again
+        assert await broker.hand_back(second.id, claim_token=second.claim_token) is False
+
+    async def test_hand_back_of_a_task_cancelled_while_it_ran_ends_it_cancelled(
+        self, broker: AbstractBroker
+    ) -> None:
+        await broker.enqueue(make_task())
+        claimed = await claim(broker)
+        assert claimed.claim_token is not None
+        assert await broker.cancel(claimed.id) is True
+
+        assert await broker.hand_back(claimed.id, claim_token=claimed.claim_token) is True
+
+        stored = await broker.get_task(claimed.id)
+        assert stored is not None
+        assert stored.status is TaskStatus.CANCELLED
+        assert await broker.dequeue(timeout=0) is None
+
     async def test_requeue_with_a_delay_postpones_the_task(self, broker: AbstractBroker) -> None:
         await broker.enqueue(make_task())
         claimed = await claim(broker)
