@@ -29,6 +29,7 @@ import pytest
 # pytest rewrites asserts only in test modules and modules it was told about before they were
 # imported; without this, a failing contract test would say "AssertionError" and nothing more.
 pytest.register_assert_rewrite(
+    f"{__name__}._idempotency",
     f"{__name__}._lifecycle",
     f"{__name__}._management",
     f"{__name__}._queueing",
@@ -38,6 +39,7 @@ pytest.register_assert_rewrite(
 )
 
 from ._clock import FakeClock  # noqa: E402  # after the rewrite registration above
+from ._idempotency import IdempotencyContract  # noqa: E402  # after the rewrite registration above
 from ._lifecycle import LifecycleContract  # noqa: E402  # after the rewrite registration above
 from ._management import ManagementContract  # noqa: E402  # after the rewrite registration above
 from ._queueing import QueueingContract  # noqa: E402  # after the rewrite registration above
@@ -48,17 +50,24 @@ __all__ = ["BrokerContract", "FakeClock"]
 
 
 class BrokerContract(
-    StorageContract, QueueingContract, LifecycleContract, ManagementContract, SlotContract
+    StorageContract,
+    QueueingContract,
+    IdempotencyContract,
+    LifecycleContract,
+    ManagementContract,
+    SlotContract,
 ):
     """The broker conformance suite: a class of async pytest tests over a ``broker`` fixture.
 
-    It pins what the ``AbstractBroker`` docstrings promise: payloads round-trip; the ordering
-    contract (lowest priority number, then due time, then first in first out, and nothing
-    before it is due); ``dequeue`` waits without polling, wakes for new and newly due tasks,
-    and hands each task to exactly one consumer; claims are fenced by ``claim_token``; every
-    transition shows in ``get_task``; returned tasks are copies; ``claim_slot`` lets exactly one
-    caller take a key until it expires, and ``enqueue_in_slot`` stores a task only with it;
-    ``close()`` is idempotent and ends all use.
+        It pins what the ``AbstractBroker`` docstrings promise: payloads round-trip; the ordering
+        contract (lowest priority number, then due time, then first in first out, and nothing
+        before it is due); ``dequeue`` waits without polling, wakes for new and newly due tasks,
+        and hands each task to exactly one consumer; claims are fenced by ``claim_token``; every
+        transition shows in ``get_task``; returned tasks are copies; enqueueing an id that is stored
+    already leaves the stored task alone and returns it, and each of many concurrent enqueues
+    gets its own answer; ``claim_slot`` lets exactly one
+        caller take a key until it expires, and ``enqueue_in_slot`` stores a task only with it;
+        ``close()`` is idempotent and ends all use.
     """
 
     # Marked here, not only through asyncio_mode = "auto", so the suite also runs in projects
