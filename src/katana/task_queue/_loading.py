@@ -26,7 +26,10 @@ def broker_from_url(url: str, *, queue: str | None = None) -> AbstractBroker:
     if scheme in ("redis", "rediss", "unix"):
         from .broker.redis import RedisBroker  # imported here: it needs the [redis] extra
 
-        return RedisBroker(url, queue=queue or "default")
+        try:
+            return RedisBroker(url, queue=queue or "default")
+        except ValueError as exc:  # a bad setting in the URL's query string, or queue name
+            raise click.BadParameter(str(exc), param_hint="--broker") from exc
     if scheme == "memory":
         return InMemoryBroker()
     raise click.BadParameter(
