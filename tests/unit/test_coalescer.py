@@ -110,3 +110,24 @@ async def test_a_burst_ten_times_the_batch_size_is_answered_in_order(max_batch: 
 
     assert answers == [f"answer:{n}" for n in range(10 * max_batch)]
     assert max(len(batch) for batch in link.batches) <= max_batch
+
+
+async def test_producers_that_enqueue_again_at_once_stay_in_one_batch() -> None:
+    # Given 50 producers, each enqueueing 20 times one after the other
+    sizes: list[int] = []
+
+    async def send(batch: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        sizes.append(len(batch))
+        await asyncio.sleep(0)  # a round trip: the loop turns while it is in flight
+        return batch
+
+    coalescer: Coalescer[tuple[int, int], tuple[int, int]] = Coalescer(send, max_batch=1000)
+
+    async def produce(producer: int) -> None:
+        for n in range(20):
+            assert await coalescer.submit((producer, n)) == (producer, n)
+
+    await asyncio.gather(*(produce(p) for p in range(50)))
+
+    # Then after the first, every round trip carries all 50, never one going out alone
+    assert sizes == [1] + [50] * 19 + [49]

@@ -76,6 +76,10 @@ class Coalescer(Generic[_In, _Out]):
                 for (_, future), answer in zip(batch, answers, strict=True):
                     if not future.done():
                         future.set_result(answer)
+                # One loop turn for the callers just answered: a producer that enqueues again
+                # right away joins the next batch, instead of the first of them going out
+                # alone (nothing in flight) while the rest wait behind it.
+                await asyncio.sleep(0)
         except BaseException:
             # Cancelled (the event loop is closing): nobody must wait for an answer forever.
             _fail(batch, BrokerOutcomeUnknownError("the send was interrupted"))
