@@ -36,6 +36,9 @@ LATENCY_KEY = "bench:latency"
 POLL_SECONDS = 0.02
 BULK_BATCH = 1_000
 PREFILL_CONCURRENCY = 100
+#: Producers enqueueing one by one at the same time from one process and client (a web app
+#: under load: each request adds its task).
+CONCURRENT_PRODUCERS = 100
 LATENCY_RATE = 200
 LATENCY_SECONDS = 10
 IDLE_SECONDS = 1.0
@@ -246,6 +249,19 @@ async def enqueue_rate(peer: Peer, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+async def concurrent_rate(peer: Peer, count: int, producers: int = CONCURRENT_PRODUCERS) -> float:
+    """``producers`` coroutines enqueue one task at a time each, ``count`` in all."""
+
+    async def produce(share: int) -> None:
+        for _ in range(share):
+            await peer.enqueue(0.0)
+
+    shares = [count // producers + (1 if i < count % producers else 0) for i in range(producers)]
+    start = time.perf_counter()
+    await asyncio.gather(*(produce(share) for share in shares))
+    return count / (time.perf_counter() - start)
+
+
 async def bulk_rate(peer: Peer, count: int) -> float:
     start = time.perf_counter()
     for first in range(0, count, BULK_BATCH):
@@ -348,6 +364,18 @@ async def _phase_one(peer: Peer, client: aioredis.Redis, count: int, out: dict[s
         await peer.close()
 
 
+async def _phase_concurrent(
+    peer: Peer, client: aioredis.Redis, count: int, out: dict[str, Any]
+) -> None:
+    """Enqueue from CONCURRENT_PRODUCERS producers at once; the tasks are not drained."""
+    await _fresh_db(client, peer)
+    try:
+        print(f"  enqueue {count} one by one from {CONCURRENT_PRODUCERS} producers", flush=True)
+        out["concurrent_per_s"] = await concurrent_rate(peer, count)
+    finally:
+        await peer.close()
+
+
 async def _phase_two(peer: Peer, client: aioredis.Redis, count: int, out: dict[str, Any]) -> None:
     """Enqueue in bulk (or prefill untimed), then drain at concurrency 100."""
     await _fresh_db(client, peer)
@@ -369,7 +397,7 @@ async def _phase_two(peer: Peer, client: aioredis.Redis, count: int, out: dict[s
 
 
 async def measure(peer: Peer, redis_url: str, count: int) -> dict[str, Any]:
-    """The five measurements for one peer, as a JSON-able dict."""
+    """The six measurements for one peer, as a JSON-able dict."""
     out: dict[str, Any] = {
         "peer": peer.name,
         "redis_url": redis_url,
@@ -380,6 +408,7 @@ async def measure(peer: Peer, redis_url: str, count: int) -> dict[str, Any]:
     client = aioredis.Redis.from_url(redis_url)
     try:
         await _phase_one(peer, client, count, out)
+        await _phase_concurrent(peer, client, count, out)
         await _phase_two(peer, client, count, out)
         await client.flushdb()
     finally:
@@ -432,6 +461,7 @@ def _version(distribution: str) -> str:
 COLUMNS = (
     "peer",
     "enqueue/s",
+    "enqueue/s @100",
     "bulk enqueue/s",
     "drain/s @10",
     "drain/s @100",
@@ -474,6 +504,7 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[str]]:
     main_row = [
         name,
         _num(result.get("enqueue_per_s")),
+        _num(result.get("concurrent_per_s")),
         bulk,
         _drain_cells(d10)[0],
         _drain_cells(d100)[0],

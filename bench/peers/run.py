@@ -138,6 +138,28 @@ def print_report(results: list[dict[str, Any]], args: argparse.Namespace, server
     for result in results:
         if result.get("bulk_note"):
             print(f"{result['peer']} bulk n/a: {result['bulk_note']}")
+    print_ratios(results)
+
+
+def print_ratios(results: list[dict[str, Any]]) -> None:
+    """Katana's rate over the best peer's in this run, for each enqueue measurement."""
+    katana = next((r for r in results if r["peer"] == "katana" and "error" not in r), None)
+    peers = [r for r in results if r["peer"] != "katana" and "error" not in r]
+    if katana is None or not peers:
+        return
+    print()
+    for key, label in (
+        ("enqueue_per_s", "enqueue/s (one producer)"),
+        ("concurrent_per_s", f"enqueue/s @{common.CONCURRENT_PRODUCERS} producers"),
+        ("bulk_per_s", "bulk enqueue/s"),
+    ):
+        rated = [r for r in peers if r.get(key)]
+        if not katana.get(key) or not rated:
+            continue
+        best = max(rated, key=lambda r: float(r[key]))
+        ratio = float(katana[key]) / float(best[key])
+        print(f"{label}: katana {katana[key]:,.0f}, best peer {best['peer']} {best[key]:,.0f}: "
+              f"{ratio:.2f}x")  # fmt: skip
 
 
 def main() -> None:

@@ -41,24 +41,6 @@ class TestInMemoryBroker(BrokerContract):
     async def test_has_no_optional_capabilities(self, broker: AbstractBroker) -> None:
         assert broker.capabilities == frozenset()
 
-    async def test_enqueueing_a_stored_id_again_replaces_the_task(
-        self, broker: AbstractBroker
-    ) -> None:
-        task = Task(name="first", payload={"version": 1})
-        await broker.enqueue(task)
-        claimed = await broker.dequeue(timeout=0)
-        assert claimed is not None
-
-        task.payload = {"version": 2}
-        await broker.enqueue(task)
-
-        counts = await broker.count_by_status()
-        assert (counts[TaskStatus.PENDING], counts[TaskStatus.PROCESSING]) == (1, 0)
-        again = await broker.dequeue(timeout=0)
-        assert again is not None
-        assert again.payload == {"version": 2}
-        assert await broker.dequeue(timeout=0) is None
-
 
 class TestInMemoryBrokerWithAFakeClock:
     @pytest.fixture

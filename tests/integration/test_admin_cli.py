@@ -417,3 +417,21 @@ def test_info_watch_refreshes_until_ctrl_c(redis_queue: RedisQueue) -> None:
             watch.communicate()
     assert watch.returncode == 0, rest.decode(errors="replace")[-2000:]
     assert b"Traceback" not in seen + rest
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("socket_timeout=abc", "invalid socket_timeout in the Redis URL: 'abc'"),
+        ("max_connections=0", "max_connections must be an int >= 1"),
+    ],
+)
+def test_a_bad_redis_url_setting_is_one_line_and_exit_code_2(query: str, message: str) -> None:
+    result = katana("info", "--broker", f"redis://:s3cret@127.0.0.1:6379/0?{query}")
+
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: ")
+    assert result.stderr.count("\n") == 1
+    assert message in result.stderr
+    assert "s3cret" not in result.output
+    no_traceback(result)

@@ -270,3 +270,18 @@ async def test_enqueue_without_a_service_accepts_any_name(broker: AbstractBroker
     stored = await broker.get_task(task.id)
     assert stored is not None
     assert (stored.name, stored.payload) == ("runs.elsewhere", {"a": 1})
+
+
+@pytest.mark.parametrize("with_service", [True, False])
+async def test_enqueue_with_a_task_id_twice_returns_the_first_task(
+    broker: AbstractBroker, service: TaskQueueService, with_service: bool
+) -> None:
+    manager = QueueManager(broker, service if with_service else None)
+
+    first = await manager.enqueue("ok", {"n": 1}, task_id="relay-7")
+    again = await manager.enqueue("ok", {"n": 2}, task_id="relay-7")
+
+    assert (first.id, again.id, again.payload) == ("relay-7", "relay-7", {"n": 1})
+    assert (await broker.list_tasks(TaskQuery())).total == 1
+    with pytest.raises(InvalidTaskError, match="task_id"):
+        await manager.enqueue("ok", task_id="no spaces")

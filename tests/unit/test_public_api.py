@@ -139,3 +139,10 @@ def test_the_conformance_suite_is_importable() -> None:
 
     assert BrokerContract.pytestmark.name == "asyncio"
     assert any(name.startswith("test_") for name in dir(BrokerContract))
+
+
+def test_outcome_unknown_is_exported_and_caught_as_unavailable() -> None:
+    package = katana.task_queue
+
+    assert "BrokerOutcomeUnknownError" in package.__all__
+    assert issubclass(package.BrokerOutcomeUnknownError, package.BrokerUnavailableError)

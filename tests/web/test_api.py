@@ -89,6 +89,19 @@ async def test_enqueue_then_follow_a_task_to_its_result(
     assert body["finished_at"] is not None
 
 
+async def test_enqueue_with_a_task_id_is_idempotent(
+    client: httpx.AsyncClient, broker: AbstractBroker
+) -> None:
+    bodies = [{"name": "ok", "payload": {"n": n}, "task_id": "relay-1"} for n in (1, 2)]
+
+    first, again = [await client.post("/katana/api/tasks", json=b, headers=WRITE) for b in bodies]
+
+    assert (first.status_code, again.status_code) == (201, 201), again.text
+    assert first.json()["id"] == again.json()["id"] == "relay-1"
+    assert again.json()["payload"] == {"n": 1}
+    assert (await broker.count_by_status())[TaskStatus.PENDING] == 1
+
+
 async def test_overview_workers_and_listing(
     client: httpx.AsyncClient, service: TaskQueueService
 ) -> None:
@@ -261,6 +274,8 @@ async def test_pause_and_resume(client: httpx.AsyncClient, service: TaskQueueSer
         ("POST", "/katana/api/tasks", {"name": "ok", "delay_seconds": -1}, 422, "delay"),
         ("POST", "/katana/api/tasks", {"name": "ok", "payload": [1]}, 422, "payload"),
         ("POST", "/katana/api/tasks", {"name": "ok", "extra": 1}, 422, "extra"),
+        ("POST", "/katana/api/tasks", {"name": "ok", "task_id": "a b"}, 422, "task_id must"),
+        ("POST", "/katana/api/tasks", {"name": "ok", "task_id": "x" * 201}, 422, "task_id"),
         ("POST", "/katana/api/tasks/bulk", {"action": "explode", "ids": ["x"]}, 422, "action"),
         ("POST", "/katana/api/tasks/bulk", {"action": "retry", "ids": []}, 422, "ids"),
         ("POST", "/katana/api/dead-letters/purge", {"status": "PENDING"}, 422, "status"),

@@ -8,6 +8,7 @@ from .broker import AbstractBroker, InMemoryBroker
 from .errors import (
     BrokerClosedError,
     BrokerError,
+    BrokerOutcomeUnknownError,
     BrokerUnavailableError,
     InvalidTaskError,
     KatanaError,
@@ -23,6 +24,7 @@ __all__ = [
     "AbstractBroker",
     "BrokerClosedError",
     "BrokerError",
+    "BrokerOutcomeUnknownError",
     "BrokerUnavailableError",
     "InMemoryBroker",
     "InvalidTaskError",

@@ -33,7 +33,12 @@ def broker_from_url(url: str, *, queue: str | None = None) -> AbstractBroker:
         require_extra("redis", "redis", f"{scheme}:// URLs")
         from .broker.redis import RedisBroker  # imported here: it needs the [redis] extra
 
-        return RedisBroker(url, queue="default" if queue is None else queue)
+        try:
+            return RedisBroker(url, queue="default" if queue is None else queue)
+        except ConfigurationError:
+            raise
+        except ValueError as exc:  # a bad setting in the URL's query string
+            raise ConfigurationError(str(exc)) from exc
     if scheme == "memory":
         return InMemoryBroker()
     raise ConfigurationError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,12 +17,14 @@ __all__ = [
     "MAX_DELAY_SECONDS",
     "MAX_PAYLOAD_BYTES",
     "MAX_PRIORITY",
+    "MAX_TASK_ID_LENGTH",
     "MAX_TASK_NAME_LENGTH",
     "MAX_UNIQUE_KEY_LENGTH",
     "MIN_PRIORITY",
     "check_delay",
     "check_max_retries",
     "check_priority",
+    "check_task_id",
     "check_task_name",
     "check_timeout",
     "check_unique_key",
@@ -37,6 +40,10 @@ MAX_PRIORITY = 2**31 - 1
 MAX_DELAY_SECONDS = 30 * 24 * 3600.0
 #: Unique keys are identifiers, not documents.
 MAX_UNIQUE_KEY_LENGTH = 512
+#: Caller-chosen task ids: ASCII letters, digits and ``_ . : -``, so that they are safe in a
+#: Redis key, a URL path segment and a log line as they are.
+MAX_TASK_ID_LENGTH = 128
+_TASK_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_TASK_ID_LENGTH}}}")
 #: The largest JSON-encoded payload a task may carry.
 MAX_PAYLOAD_BYTES = 1024 * 1024
 #: Task names are identifiers; the HTTP API takes no longer ones, so none is registered.
@@ -115,6 +122,15 @@ def check_timeout(timeout_seconds: object) -> float | None:
     if not math.isfinite(timeout) or timeout <= 0:
         raise InvalidTaskError(f"timeout_seconds must be finite and above 0, got {timeout!r}")
     return timeout
+
+
+def check_task_id(task_id: object) -> str:
+    if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
+        raise InvalidTaskError(
+            f"task_id must be 1 to {MAX_TASK_ID_LENGTH} ASCII letters, digits or '_.:-',"
+            f" got {task_id!r:.80}"
+        )
+    return task_id
 
 
 def check_unique_key(unique_key: object) -> str:

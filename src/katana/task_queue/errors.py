@@ -13,7 +13,9 @@ KatanaError
 ├── TaskCancelledError                            wait_for(): the task was cancelled
 ├── Retry                                         raised by an executor: "run me again later"
 └── BrokerError
-    ├── BrokerUnavailableError                    the backend cannot be reached
+    ├── BrokerUnavailableError                    the backend cannot be reached; nothing happened
+    │   └── BrokerOutcomeUnknownError             the request was sent, its reply lost: it may
+    │                                             have happened (retry with the same task_id)
     └── BrokerClosedError                         the broker was used after close(): a caller bug
 ```
 """
@@ -29,6 +31,7 @@ __all__ = [
     "MAX_RETRY_DELAY_SECONDS",
     "BrokerClosedError",
     "BrokerError",
+    "BrokerOutcomeUnknownError",
     "BrokerUnavailableError",
     "ConfigurationError",
     "InvalidTaskError",
@@ -83,7 +86,20 @@ class BrokerError(KatanaError):
 
 
 class BrokerUnavailableError(BrokerError):
-    """The broker's backend cannot be reached; the operation did not happen."""
+    """The broker's backend cannot be reached; the operation did not happen.
+
+    Except for the subclass ``BrokerOutcomeUnknownError``: there it may have happened.
+    """
+
+
+class BrokerOutcomeUnknownError(BrokerUnavailableError):
+    """The request reached (or may have reached) the backend, but its reply was lost.
+
+    The connection broke or timed out while waiting for the answer, so the operation may or
+    may not have happened. An ``add_task`` that raised this is safe to retry with the same
+    ``task_id``: the retry returns the task if the first call stored it. A subclass of
+    ``BrokerUnavailableError``, so handlers of the backend being unreachable still catch it.
+    """
 
 
 class BrokerClosedError(BrokerError):

@@ -17,6 +17,7 @@ from ._events import log_task_event
 from ._validation import (
     MAX_TASK_NAME_LENGTH,
     check_max_retries,
+    check_task_id,
     check_task_name,
     new_checked_task,
 )
@@ -205,19 +206,27 @@ class QueueManager:
         priority: int = 0,
         delay_seconds: float = 0,
         max_retries: int | None = None,
+        task_id: str | None = None,
     ) -> Task:
-        """Add a task; checked like ``add_task`` (and against the service's names if given)."""
+        """Add a task; checked like ``add_task`` (and against the service's names if given).
+
+        With ``task_id``, as with ``add_task``, a stored task with that id is returned instead.
+        """
         if self.service is not None:
             return await self.service.add_task(
-                name, payload, priority, delay_seconds, max_retries=max_retries
+                name, payload, priority, delay_seconds, max_retries=max_retries, task_id=task_id
             )
         check_task_name(name)
         retries = 0 if max_retries is None else check_max_retries(max_retries)
         task = new_checked_task(name, payload, priority, delay_seconds, self._now(), retries, None)
+        if task_id is not None:
+            task.id = check_task_id(task_id)
         stored = self.broker.enqueue(task)
         if tracing.enabled:
             stored = tracing.traced_send(self.queue, (task,), stored)
-        await stored
+        existing = await stored
+        if existing is not None:
+            return existing
         log_task_event(logging.INFO, "task_created", task, "task %s (%s) created", task.id, name)
         return task
 

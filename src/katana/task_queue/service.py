@@ -18,6 +18,7 @@ from ._events import log_task_event, logger
 from ._presence import Presence
 from ._validation import (
     check_max_retries,
+    check_task_id,
     check_task_name,
     check_timeout,
     check_unique_key,
@@ -144,6 +145,7 @@ class TaskQueueService:
         max_retries: int | None = None,
         timeout_seconds: float | None = None,
         unique_key: str | None = None,
+        task_id: str | None = None,
     ) -> Task:
         """Create a task and enqueue it; returns the created task (a copy of what is stored).
 
@@ -152,18 +154,29 @@ class TaskQueueService:
         is returned instead and nothing new is created. Keys are per queue, whatever the task
         name: put the name in the key to scope it to one name.
 
+        ``task_id`` (1 to 128 ASCII letters, digits or ``_.:-``; default: a random one) makes
+        the call idempotent: if a task with that id is stored already, whatever its name,
+        payload or status, that task is returned unchanged and nothing new is created. So a
+        call that raised ``BrokerOutcomeUnknownError`` (the task may or may not be stored)
+        is safe to repeat with the same ``task_id``. An id is free again once its task is
+        deleted (after the broker's retention).
+
         Raises:
             UnknownTaskError: no executor is registered under ``name`` (a ``ValueError``).
             InvalidTaskError: an argument is invalid (a ``ValueError``); nothing was enqueued.
+            BrokerUnavailableError: the broker could not be reached; nothing was enqueued.
+            BrokerOutcomeUnknownError: the reply was lost; the task may have been enqueued.
         """
         task = self._new_task(name, payload, priority, delay_seconds, max_retries, timeout_seconds)
+        if task_id is not None:
+            task.id = check_task_id(task_id)
         if unique_key is not None:
             task.unique_key = check_unique_key(unique_key)
             existing = await self._send((task,), self.broker.enqueue_unique(task))
-            if existing is not None:
-                return existing
         else:
-            await self._send((task,), self.broker.enqueue(task))
+            existing = await self._send((task,), self.broker.enqueue(task))
+        if existing is not None:
+            return existing
         log_task_event(
             logging.INFO,
             "task_created",

@@ -69,20 +69,31 @@ class AbstractBroker(ABC):
         await self.close()
 
     @abstractmethod
-    async def enqueue(self, task: Task) -> None:
-        """Store ``task`` as PENDING; it becomes due at ``task.scheduled_at``."""
+    async def enqueue(self, task: Task) -> Task | None:
+        """Store ``task`` as PENDING, unless a task with its id is stored already: in one step.
+
+        It becomes due at ``task.scheduled_at``. Returns ``None`` when ``task`` was stored,
+        else (a copy of) the stored task with that id, left unchanged whatever its name,
+        payload or status: so a producer that retries an enqueue whose outcome it does not
+        know (``BrokerOutcomeUnknownError``) with the same id never stores the task twice.
+        Once a task is deleted (its retention ended), its id can be stored again.
+        """
 
     @abstractmethod
     async def enqueue_unique(self, task: Task) -> Task | None:
-        """Store ``task`` unless an unfinished task holds its ``unique_key``: in one step.
+        """Store ``task`` unless its id is taken or an unfinished task holds its ``unique_key``.
 
-        Returns ``None`` when ``task`` was stored, else (a copy of) the PENDING or PROCESSING
-        task holding the key. The key is free again once that task finishes. Keys are per
-        queue, not per task name: tasks of different names with one key exclude each other.
+        In one step. Returns ``None`` when ``task`` was stored, else (a copy of) the stored
+        task with its id (as ``enqueue``), or else the PENDING or PROCESSING task holding the
+        key. The key is free again once that task finishes. Keys are per queue, not per task
+        name: tasks of different names with one key exclude each other.
         """
 
     async def enqueue_many(self, tasks: Iterable[Task]) -> None:
-        """Store several tasks; networked brokers do it in one round trip."""
+        """Store several tasks (those whose id is taken are left out, as ``enqueue`` does).
+
+        Networked brokers do it in one round trip.
+        """
         for task in tasks:
             await self.enqueue(task)
 

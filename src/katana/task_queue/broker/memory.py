@@ -129,16 +129,24 @@ class InMemoryBroker(AbstractBroker):
                 self._attempts_before.pop(task_id, None)
                 self._status_counts[task.status] -= 1
 
-    async def enqueue(self, task: Task) -> None:
+    async def enqueue(self, task: Task) -> Task | None:
         self._ensure_open()
         self._forget_expired()
+        existing = self._tasks.get(task.id)
+        if existing is not None:  # a producer retrying its own write: the first one stands
+            return existing.copy()
         self._store(task)
+        return None
 
     async def enqueue_unique(self, task: Task) -> Task | None:
         self._ensure_open()
         key = task.unique_key
         if not key:
             raise ValueError("enqueue_unique needs a task with a unique_key")
+        self._forget_expired()
+        existing = self._tasks.get(task.id)
+        if existing is not None:
+            return existing.copy()
         holder = self._tasks.get(self._unique.get(key, ""))
         if holder is not None and holder.status in _UNFINISHED:
             return holder.copy()
@@ -148,17 +156,16 @@ class InMemoryBroker(AbstractBroker):
 
     async def enqueue_many(self, tasks: Iterable[Task]) -> None:
         self._ensure_open()
+        self._forget_expired()
         for task in tasks:
-            self._store(task)
+            if task.id not in self._tasks:
+                self._store(task)
 
     def _store(self, task: Task) -> None:
+        """Store a task whose id is not taken."""
         stored = task.copy()
         stored.status = TaskStatus.PENDING
         stored.claim_token = None
-        previous = self._tasks.get(stored.id)
-        if previous is not None:
-            self._status_counts[previous.status] -= 1
-            self._attempts_before.pop(stored.id, None)
         self._tasks[stored.id] = stored
         self._status_counts[TaskStatus.PENDING] += 1
         self._push(stored)

@@ -42,14 +42,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import orjson
 
 try:
-    import redis.asyncio as aioredis
-    from hiredis import pack_command as _hiredis_pack_command
-    from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError, ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
-    from redis.maint_notifications import MaintNotificationsConfig
-    from redis.retry import Retry
+
+    from ._redis_pool import PoolSettings, new_client, request_was_sent, settings_from_url
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "RedisBroker needs redis-py and hiredis: pip install 'katana-task-queue[redis]'"
@@ -60,12 +57,14 @@ from .._urls import check_redis_url, masked_url
 from ..errors import (
     BrokerClosedError,
     BrokerError,
+    BrokerOutcomeUnknownError,
     BrokerUnavailableError,
     ConfigurationError,
     TaskStateError,
 )
 from ..listing import FILTER_SCAN_LIMIT, TaskPage, WorkerInfo, check_page
 from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error, new_task_id
+from ._batch import Coalescer
 from ._claim_ahead import ClaimedAhead, RunTimes
 from ._redis_codec import (
     ENQUEUE_VALUES_PER_TASK,
@@ -114,6 +113,12 @@ _RUN_TIME_WEIGHT = 0.2
 _ORPHAN_SWEEP_SECONDS = 1.0
 _BACKOFF_FIRST_SECONDS = 0.05
 _BACKOFF_MAX_SECONDS = 2.0
+_POOL_DEFAULTS = PoolSettings()
+#: Tasks one enqueue.lua call stores at most: the script blocks Redis while it runs.
+_ENQUEUE_BATCH = 1000
+#: How often an enqueue looks again for the task that kept it out, if that task vanished
+#: (finished and deleted) in between.
+_ENQUEUE_ATTEMPTS = 3
 
 
 def _load_scripts() -> dict[str, str]:
@@ -154,7 +159,18 @@ class RedisBroker(AbstractBroker):
             already waiting: a task then never waits in one process while another is idle.
         result_ttl_seconds: How long finished tasks (results, failures, dead letters) are
             kept; consuming processes delete older ones. ``None`` keeps them.
+        max_connections: Connections to Redis this broker opens at most; further commands
+            wait for a free one (concurrent enqueues share round trips and need few).
+        socket_timeout_seconds: Longest wait for Redis to take or answer a command; then the
+            call raises ``BrokerOutcomeUnknownError`` (the command may have run).
+        connect_timeout_seconds: Longest wait to open a connection.
+        pool_timeout_seconds: Longest wait for a free connection; then the call raises
+            ``BrokerUnavailableError`` (nothing was sent).
         clock: Returns the current POSIX time; every process must agree on it.
+
+    The URL's query string may set ``max_connections``, ``socket_timeout``,
+    ``socket_connect_timeout`` and ``pool_timeout`` (seconds); they win over the arguments.
+    Raises ``ValueError`` for an invalid setting.
     """
 
     capabilities = frozenset({"leases", "multi_process"})
@@ -171,9 +187,12 @@ class RedisBroker(AbstractBroker):
         claim_ahead: bool = True,
         result_ttl_seconds: float | None = DEFAULT_RESULT_TTL_SECONDS,
         key_prefix: str = "katana",
+        max_connections: int = _POOL_DEFAULTS.max_connections,
+        socket_timeout_seconds: float = _POOL_DEFAULTS.socket_timeout_seconds,
+        connect_timeout_seconds: float = _POOL_DEFAULTS.connect_timeout_seconds,
+        pool_timeout_seconds: float = _POOL_DEFAULTS.pool_timeout_seconds,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        check_redis_url(url)
         if not _QUEUE_NAME.fullmatch(queue):
             raise ConfigurationError(
                 f"queue name must match {_QUEUE_NAME.pattern}, got {queue!r:.120}"
@@ -198,22 +217,30 @@ class RedisBroker(AbstractBroker):
         self._clock = clock
         self.prefix = f"{key_prefix}:{{{queue}}}"
         self._ready_key = f"{self.prefix}:ready"
+        try:
+            client_url, self.pool_settings = settings_from_url(
+                url,
+                PoolSettings(
+                    max_connections=max_connections,
+                    socket_timeout_seconds=socket_timeout_seconds,
+                    connect_timeout_seconds=connect_timeout_seconds,
+                    pool_timeout_seconds=pool_timeout_seconds,
+                ),
+            )
+        except ConfigurationError:
+            raise
+        except ValueError as exc:  # a bad connection setting, in the URL or an argument
+            raise ConfigurationError(str(exc)) from exc
+        check_redis_url(client_url)  # what is left of the URL is redis-py's to read
         # Whom this broker's claims belong to: its liveness mark tells others it is alive.
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{new_task_id()[:12]}"
         self._alive_ms = int(ALIVE_TTL_SECONDS * 1000)
-        self._liveness = LivenessMark(url, f"{self.prefix}:alive:{self._owner}")
-        self._client = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=5,
-            socket_timeout=10,
-            health_check_interval=15,
-            # Scripts are not idempotent: a blind resend after a lost reply could claim twice.
-            retry=Retry(NoBackoff(), 0),
-            # With the default "auto", redis-py 8 skips its dead-socket check on pooled
-            # connections, so the first command after a Redis restart failed.
-            maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        self._liveness = LivenessMark(client_url, f"{self.prefix}:alive:{self._owner}")
+        self._client = new_client(client_url, self.pool_settings)
+        # Concurrent enqueue calls share round trips: one enqueue.lua call for many tasks.
+        self._enqueues: Coalescer[list[Any], bytes] = Coalescer(
+            self._enqueue_batch, max_batch=_ENQUEUE_BATCH
         )
-        _pack_scripts_with_hiredis(self._client)
         self._scripts = {name: self._client.register_script(s) for name, s in _SCRIPTS.items()}
         self._closed = False
         self._closing = False
@@ -286,6 +313,11 @@ class RedisBroker(AbstractBroker):
             raise self._unreachable(exc) from exc
 
     def _unreachable(self, exc: BaseException) -> BrokerUnavailableError:
+        if request_was_sent(exc):
+            return BrokerOutcomeUnknownError(
+                f"Redis at {masked_url(self.url)} did not answer: {exc}; the request may have "
+                "been carried out (add_task retried with the same task_id is safe)"
+            )
         return BrokerUnavailableError(f"Redis at {masked_url(self.url)} is unreachable: {exc}")
 
     def _now_ms(self) -> int:
@@ -330,6 +362,7 @@ class RedisBroker(AbstractBroker):
     async def close(self) -> None:
         if self._closed:
             return
+        await self._enqueues.wait_sent()  # enqueues already accepted are answered first
         await self._stop_background()
         await self._finish_watch.close()
         self._give_back_ahead()
@@ -371,8 +404,27 @@ class RedisBroker(AbstractBroker):
 
     # -- producing -----------------------------------------------------------------------
 
-    async def enqueue(self, task: Task) -> None:
-        await self._enqueue(encode_new_task(task))
+    async def enqueue(self, task: Task) -> Task | None:
+        return await self._enqueue_one(encode_new_task(task))
+
+    async def _enqueue_one(self, values: list[Any]) -> Task | None:
+        """Store one encoded task, coalesced with concurrent calls; ``None`` or what kept it out."""
+        for _ in range(_ENQUEUE_ATTEMPTS):
+            self._ensure_open()
+            held_by = await self._enqueues.submit(values)
+            if not held_by:
+                return None
+            existing = await self.get_task(held_by.decode())
+            if existing is not None:
+                return existing
+            # It was deleted in between (or its record is unreadable): try again.
+        raise BrokerError(f"task {held_by.decode()!r} keeps {values[0]!r} out but cannot be read")
+
+    async def _enqueue_batch(self, batch: list[list[Any]]) -> list[bytes]:
+        """One enqueue.lua call for coalesced tasks: for each, b'' or the id that kept it out."""
+        values = [value for task_values in batch for value in task_values]
+        held_by, _ = await self._enqueue(values)
+        return cast("list[bytes]", held_by)
 
     async def _enqueue(self, values: list[Any], slot: str = "", slot_ttl_ms: int = 0) -> Any:
         """Run enqueue.lua on encoded tasks; its reply without the quarantined entries."""
@@ -384,19 +436,14 @@ class RedisBroker(AbstractBroker):
     async def enqueue_unique(self, task: Task) -> Task | None:
         if not task.unique_key:
             raise ValueError("enqueue_unique needs a task with a unique_key")
-        (held_by,), _ = await self._enqueue(encode_new_task(task, unique=True))
-        if not held_by:
-            return None
-        existing = await self.get_task(held_by.decode())
-        # It finished in between: the key is free again, so take it.
-        return existing if existing is not None else await self.enqueue_unique(task)
+        return await self._enqueue_one(encode_new_task(task, unique=True))
 
     async def enqueue_many(self, tasks: Iterable[Task]) -> None:
         args: list[Any] = []
         for task in tasks:
             args.extend(encode_new_task(task))
-            # Keep each script call short (1000 tasks): it blocks Redis while it runs.
-            if len(args) >= ENQUEUE_VALUES_PER_TASK * 1000:
+            # Keep each script call short: it blocks Redis while it runs.
+            if len(args) >= ENQUEUE_VALUES_PER_TASK * _ENQUEUE_BATCH:
                 await self._enqueue(args)
                 args = []
         if args:
@@ -1160,27 +1207,6 @@ class RedisBroker(AbstractBroker):
                 batch = []
         if batch:
             await self._client.unlink(*batch)
-
-
-def _pack_scripts_with_hiredis(client: aioredis.Redis) -> None:
-    """Have ``client`` pack script calls (EVALSHA) with hiredis instead of Python.
-
-    redis-py's asyncio connections pack every command in Python, one argument at a time (its
-    sync connections use hiredis): a claim carrying its outcomes has tens to hundreds of
-    arguments, and packing them cost a worker more CPU than decoding the tasks it got back.
-    Every argument a script gets here is a str, bytes or int, which hiredis packs alike.
-    """
-    pool = client.connection_pool
-    base = pool.connection_class
-    pack = _hiredis_pack_command
-
-    def pack_command(self: Any, *args: Any) -> list[bytes]:
-        if args[0] == "EVALSHA":
-            return [pack(args)]
-        return base.pack_command(self, *args)
-
-    packing = {"pack_command": pack_command}
-    pool.connection_class = type(f"HiredisPacking{base.__name__}", (base,), packing)
 
 
 def _slot_ttl_ms(ttl_seconds: float) -> int:

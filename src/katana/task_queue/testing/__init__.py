@@ -29,6 +29,7 @@ import pytest
 # pytest rewrites asserts only in test modules and modules it was told about before they were
 # imported; without this, a failing contract test would say "AssertionError" and nothing more.
 pytest.register_assert_rewrite(
+    f"{__name__}._idempotency",
     f"{__name__}._lifecycle",
     f"{__name__}._management",
     f"{__name__}._queueing",
@@ -39,6 +40,7 @@ pytest.register_assert_rewrite(
 )
 
 from ._clock import FakeClock  # noqa: E402  # after the rewrite registration above
+from ._idempotency import IdempotencyContract  # noqa: E402  # after the rewrite registration above
 from ._lifecycle import LifecycleContract  # noqa: E402  # after the rewrite registration above
 from ._management import ManagementContract  # noqa: E402  # after the rewrite registration above
 from ._queueing import QueueingContract  # noqa: E402  # after the rewrite registration above
@@ -52,6 +54,7 @@ __all__ = ["BrokerContract", "FakeClock"]
 class BrokerContract(
     StorageContract,
     QueueingContract,
+    IdempotencyContract,
     LifecycleContract,
     ManagementContract,
     SlotContract,
@@ -63,11 +66,13 @@ class BrokerContract(
     contract (lowest priority number, then due time, then first in first out, and nothing
     before it is due); ``dequeue`` waits without polling, wakes for new and newly due tasks,
     and hands each task to exactly one consumer; claims are fenced by ``claim_token``; every
-    transition shows in ``get_task``; returned tasks are copies; ``claim_slot`` lets exactly one
-    caller take a key until it expires, and ``enqueue_in_slot`` stores a task only with it;
-    unique keys are per queue and a redrive retakes its key or is refused, with a fresh retry
-    budget; of concurrent cancels exactly one returns ``True``; a new attempt starts without
-    progress; ``close()`` is idempotent and ends all use.
+    transition shows in ``get_task``; returned tasks are copies; enqueueing an id that is
+    stored already leaves the stored task alone and returns it, and each of many concurrent
+    enqueues gets its own answer; ``claim_slot`` lets exactly one caller take a key until it
+    expires, and ``enqueue_in_slot`` stores a task only with it; unique keys are per queue and
+    a redrive retakes its key or is refused, with a fresh retry budget; of concurrent cancels
+    exactly one returns ``True``; a new attempt starts without progress; ``close()`` is
+    idempotent and ends all use.
     """
 
     # Marked here, not only through asyncio_mode = "auto", so the suite also runs in projects

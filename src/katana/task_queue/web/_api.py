@@ -73,6 +73,7 @@ async def enqueue(body: EnqueueIn, manager: Manager) -> TaskOut:
             priority=body.priority,
             delay_seconds=body.delay_seconds,
             max_retries=body.max_retries,
+            task_id=body.task_id,
         )
     return TaskOut.of(task)
 

@@ -153,6 +153,12 @@ class EnqueueIn(BaseModel):
     priority: StrictInt = 0
     delay_seconds: float = Field(default=0.0, ge=0, strict=True)
     max_retries: StrictInt | None = None
+    task_id: str | None = Field(
+        default=None,
+        max_length=200,  # checked in full by add_task; bounded here so no echo is long
+        description="Idempotency: a task with this id is stored at most once, and is returned "
+        "unchanged if it exists.",
+    )
 
 
 class BulkActionIn(BaseModel):

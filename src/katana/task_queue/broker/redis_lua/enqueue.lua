@@ -3,8 +3,11 @@
 -- (ENQUEUE_VALUES_PER_TASK in _redis_codec.py): id, name, payload (JSON), priority, created_at,
 -- scheduled_at (epoch seconds), due_ms, max_retries, timeout_seconds ('' for none),
 -- unique_key ('' for none), trace_context (JSON object of trace headers, '' for none).
--- Returns {quarantined entry/reason pairs, one value per task: '' when stored, or the id of
--- the PENDING or PROCESSING task that holds its unique key (then nothing was stored), 1 or 0}.
+-- Returns {quarantined entry/reason pairs, one value per task: '' when stored, else the id of
+-- the task that kept it out (then nothing was stored): its own id when a task with that id is
+-- stored already (whatever its name, payload or status: a producer retrying its own write
+-- gets the first one back), or the PENDING or PROCESSING task that holds its unique key;
+-- then 1 or 0}.
 -- With a slot key (a periodic slot, see claim_slot), the tasks are stored only if this call
 -- takes the key (SET NX PX); else nothing is and the last value is 0.
 local now_ms = tonumber(ARGV[2])
@@ -38,17 +41,12 @@ local held_by = {}
 for base = 5, #ARGV, 11 do
   local id = ARGV[base]
   local unique = ARGV[base + 9]
-  local existing = unique ~= '' and holder(unique)
+  local key = task_key(id)
+  local kind = redis.call('TYPE', key).ok
+  local existing = (kind == 'hash' and id) or (unique ~= '' and holder(unique))
   held_by[#held_by + 1] = existing or ''
   if not existing then
-    local key = task_key(id)
-    local kind = redis.call('TYPE', key).ok
-    if kind == 'hash' then
-      -- Storing an id again replaces the old task (a producer retrying its own write).
-      unplace(key, id)
-      count_transition(key, redis.call('HGET', key, 'status'), 'PENDING')
-      redis.call('DEL', key)
-    elseif kind ~= 'none' then
+    if kind ~= 'none' then
       redis.call('DEL', key)
     end
     local priority = tonumber(ARGV[base + 3])
