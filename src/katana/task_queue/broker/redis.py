@@ -245,6 +245,13 @@ class RedisBroker(AbstractBroker):
         except RedisError as exc:
             raise BrokerError(f"Redis refused {script}: {exc}") from exc
 
+    async def _run_repairing(self, script: str, args: list[Any]) -> Any:
+        """Run a script that replies ``{quarantined entry/reason pairs, result}``: the pairs
+        (garbage its validation phase moved aside) are logged, the result returned."""
+        quarantined, result = await self._run(script, args)
+        self._log_quarantined(quarantined)
+        return result
+
     @contextlib.contextmanager
     def _direct(self) -> Iterator[None]:
         """Around a plain command (no script): refuse use after close, and turn a failure to
@@ -490,7 +497,9 @@ class RedisBroker(AbstractBroker):
             extra={"katana_event": "task_quarantined", "task_id": task_id},
         )
         try:
-            await self._run("quarantine", [self._now_ms(), task_id, f"malformed record: {exc}"])
+            await self._run_repairing(
+                "quarantine", [self._now_ms(), task_id, f"malformed record: {exc}"]
+            )
         except BrokerError as error:  # its lease expires and the next claim retries this
             logger.warning("could not quarantine task record %s: %s", task_id, error)
 
@@ -772,7 +781,7 @@ class RedisBroker(AbstractBroker):
             for outcome in batch:
                 args.extend(outcome.values)
             try:
-                codes = await self._run("finish", args)
+                codes = await self._run_repairing("finish", args)
             except BaseException as exc:
                 self._resolve(batch, exc)
                 if not isinstance(exc, Exception):
@@ -851,7 +860,7 @@ class RedisBroker(AbstractBroker):
         return not reply[0]  # no lost ids: the claim was renewed
 
     async def cancel(self, task_id: str) -> bool:
-        return int(await self._run("cancel", [self._now_ms(), task_id])) > 0
+        return int(await self._run_repairing("cancel", [self._now_ms(), task_id])) > 0
 
     def add_cancel_listener(self, listener: Callable[[str], None]) -> None:
         self._cancel_listeners.append(listener)
@@ -874,7 +883,7 @@ class RedisBroker(AbstractBroker):
         return await self._submit("cancel", task_id, claim_token, "", "")
 
     async def update_task_status(self, task_id: str, status: TaskStatus) -> None:
-        code = await self._run(
+        code = await self._run_repairing(
             "set_status",
             [self._now_ms(), task_id, TaskStatus(status).value, int(self.lease_seconds * 1000)],
         )
@@ -1021,7 +1030,7 @@ class RedisBroker(AbstractBroker):
         return sorted(workers, key=lambda info: info.id)
 
     async def delete_task(self, task_id: str) -> bool:
-        code = int(await self._run("delete", [self._now_ms(), task_id]))
+        code = int(await self._run_repairing("delete", [self._now_ms(), task_id]))
         if code < 0:
             raise KeyError(task_id)
         return code == 1

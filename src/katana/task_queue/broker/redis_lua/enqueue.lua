@@ -12,10 +12,7 @@ if ARGV[3] ~= '' and not redis.call('SET', prefix .. ':slot:' .. ARGV[3], '1', '
     tonumber(ARGV[4])) then
   return {quarantined_now, {}, 0}
 end
-ensure_queue_types(now_ms)
-ensure_type(ready_key, 'zset', now_ms)
-ensure_type(delayed_key, 'zset', now_ms)
-ensure_type(all_key, 'zset', now_ms)
+check_queue(now_ms)
 
 -- The id of the unfinished task holding `unique`, if any.
 local function holder(unique)

@@ -4,12 +4,11 @@
 -- claim_token.
 -- Returns {lost ids, requeued count, quarantined entry/reason pairs, dead ids, ids of held
 -- tasks whose cancellation was requested}.
-ensure_queue_types(tonumber(ARGV[2]))
 local now_ms = tonumber(ARGV[2])
+check_queue(now_ms)
 local lease_ms = tonumber(ARGV[3])
 local max_deliveries = tonumber(ARGV[4])
 local now_s = string.format('%.6f', now_ms / 1000)
-ensure_type(processing_key, 'zset', now_ms)
 local lost_ids = {}
 local cancel_ids = {}
 for base = 6, #ARGV, 2 do
@@ -52,9 +51,9 @@ local function recover(key, id)
   end
   -- Suspect from now on: it may be what killed the worker, so it is claimed alone.
   redis.call('HSET', key, 'status', 'PENDING', 'suspect', 1)
-  local scheduled = tonumber(redis.call('HGET', key, 'scheduled_at')) or (now_ms / 1000)
+  local scheduled = finite(redis.call('HGET', key, 'scheduled_at')) or (now_ms / 1000)
   -- Back at its original due time, so it runs before tasks that arrived after it.
-  place(key, id, tonumber(redis.call('HGET', key, 'priority')) or 0,
+  place(key, id, finite(redis.call('HGET', key, 'priority')) or 0,
     math.min(math.floor(scheduled * 1000), now_ms), now_ms)
   requeued = requeued + 1
 end
@@ -76,7 +75,6 @@ if ARGV[5] ~= '' then
   local horizon = now_ms - tonumber(ARGV[5])
   for status in pairs(TERMINAL) do
     local set = prefix .. ':finished:' .. status
-    ensure_type(set, 'zset', now_ms) -- garbage there must not stop the heartbeat
     local expired_ids = redis.call('ZRANGEBYSCORE', set, '-inf', horizon, 'LIMIT', 0, 1000)
     for _, id in ipairs(expired_ids) do
       local key = task_key(id)

@@ -1,11 +1,11 @@
 -- The seed's update_task_status as one step. ARGV: prefix, now_ms, id, status, lease_ms.
--- Returns 1, or -1 for an unknown task.
-ensure_queue_types(tonumber(ARGV[2]))
+-- Returns {quarantined entry/reason pairs, 1, or -1 for an unknown task}.
 local now_ms = tonumber(ARGV[2])
+check_queue(now_ms)
 local id, status = ARGV[3], ARGV[4]
 local key = task_key(id)
 if redis.call('TYPE', key).ok ~= 'hash' then
-  return -1
+  return {quarantined_now, -1}
 end
 local old = redis.call('HGET', key, 'status')
 local now_s = string.format('%.6f', now_ms / 1000)
@@ -16,12 +16,12 @@ if status == 'PENDING' then
     redis.call('HSET', key, 'status', 'PENDING')
     -- A fresh start: no longer suspect, its lost workers forgotten.
     redis.call('HDEL', key, 'claim_token', 'finished_at', 'suspect', 'lost', 'cancel_requested')
-    local scheduled = tonumber(redis.call('HGET', key, 'scheduled_at')) or (now_ms / 1000)
-    place(key, id, tonumber(redis.call('HGET', key, 'priority')) or 0,
+    local scheduled = finite(redis.call('HGET', key, 'scheduled_at')) or (now_ms / 1000)
+    place(key, id, finite(redis.call('HGET', key, 'priority')) or 0,
       math.floor(scheduled * 1000), now_ms)
     redis.call('PUBLISH', wake_channel, 1)
   end
-  return 1
+  return {quarantined_now, 1}
 end
 unplace(key, id)
 count_transition(key, old, status)
@@ -36,4 +36,4 @@ else
     redis.call('HSET', key, 'finished_at', now_s)
   end
 end
-return 1
+return {quarantined_now, 1}

@@ -1,0 +1,310 @@
+"""Garbage in each key a Redis queue uses: quarantined or repaired, and no task is lost.
+
+A Redis script is not a transaction: a script that fails halfway keeps its earlier writes.
+Each case here writes garbage into one key while valid tasks wait in the queue (some due, some
+delayed, so that the claim moving delayed tasks meets the garbage too), then checks that the
+entry was quarantined (or the key repaired), that no operation failed, and that every valid
+task completed exactly once, with the status counters right.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pytest
+import redis.asyncio as aioredis
+
+from katana.task_queue.broker.redis import RedisBroker
+from katana.task_queue.errors import Retry
+from katana.task_queue.models import TaskStatus
+from katana.task_queue.service import TaskQueueService
+from katana.task_queue.testing import FakeClock
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from katana.task_queue.models import Task
+
+    Writer = Callable[[aioredis.Redis, str], Awaitable[object]]
+
+WAIT_SECONDS = 30.0
+#: How far the delayed tasks are put off; the test then moves the clock past it.
+DELAY_SECONDS = 60.0
+BATCH = 4
+
+
+class Queue:
+    """A broker and a worker service on a fresh queue with a fake clock, and a raw client."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.clock = FakeClock(start=time.time())
+        self.broker = RedisBroker(url, queue=name, lease_seconds=5, clock=self.clock)
+        self.raw = aioredis.Redis.from_url(url)
+        self.prefix = self.broker.prefix
+        self.runs: Counter[str] = Counter()
+        self.service = TaskQueueService(self.broker, {"ok": self._run}, clock=self.clock)
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    async def _run(self, task: Task) -> None:
+        self.runs[task.id] += 1
+
+    async def add(self, *, delayed: bool, unique: bool = False) -> list[str]:
+        """Queue a batch of valid tasks, due now or delayed; returns their ids."""
+        ids = []
+        for n in range(BATCH):
+            task = await self.service.add_task(
+                "ok",
+                {"n": n},
+                delay_seconds=DELAY_SECONDS if delayed else 0,
+                unique_key=f"u-{uuid.uuid4().hex}" if unique else None,
+            )
+            ids.append(task.id)
+        return ids
+
+    async def close(self) -> None:
+        await self.service.shutdown(timeout=5)
+        await self.broker.purge()
+        await self.broker.close()
+        await self.raw.aclose()
+
+
+@pytest.fixture
+async def queue(redis_url: str, queue_name: str) -> AsyncIterator[Queue]:
+    queue = Queue(redis_url, queue_name)
+    try:
+        yield queue
+    finally:
+        await queue.close()
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="katana")
+    return caplog
+
+
+@dataclass
+class Case:
+    """Garbage for one key: ``write`` puts it there; the quarantine note names ``entry``."""
+
+    key: str
+    write: Writer
+    reason: str
+    #: The key held queued tasks when the garbage replaced it: those are gone.
+    destroys_delayed: bool = False
+
+
+def string(value: str) -> Writer:
+    async def write(raw: aioredis.Redis, key: str) -> object:
+        await raw.delete(key)
+        return await raw.set(key, value)
+
+    return write
+
+
+async def a_list(raw: aioredis.Redis, key: str) -> object:
+    await raw.delete(key)
+    return await raw.rpush(key, "not", "what", "belongs", "here")
+
+
+async def a_hash(raw: aioredis.Redis, key: str) -> object:
+    await raw.delete(key)
+    return await raw.hset(key, "not", "what belongs here")
+
+
+def field(name: str, value: str) -> Writer:
+    async def write(raw: aioredis.Redis, key: str) -> object:
+        return await raw.hset(key, name, value)
+
+    return write
+
+
+CASES = {
+    "seq is text": Case("seq", string("not-a-number"), "not-a-number"),
+    "seq is negative": Case("seq", string("-5"), "'-5'"),
+    "seq is a float": Case("seq", string("12.5"), "'12.5'"),
+    "seq is too large": Case("seq", string("9" * 20), "9" * 20),
+    "seq is a hash": Case("seq", a_hash, "Redis type hash"),
+    "ready is a string": Case("ready", string("x"), "expected zset"),
+    "delayed is a list": Case("delayed", a_list, "expected zset", destroys_delayed=True),
+    "processing is a string": Case("processing", string("x"), "expected zset"),
+    "all is a hash": Case("all", a_hash, "expected zset"),
+    "counts is a list": Case("counts", a_list, "expected hash"),
+    "counts COMPLETED is text": Case("counts", field("COMPLETED", "lots"), "'lots'"),
+    "counts FAILED is a float": Case("counts", field("FAILED", "1.5"), "'1.5'"),
+    "unique is a string": Case("unique", string("x"), "expected hash"),
+    "quarantine is a hash": Case("quarantine", a_hash, "expected list"),
+    "finished:COMPLETED is a string": Case("finished:COMPLETED", string("x"), "expected zset"),
+    "finished:CANCELLED is a list": Case("finished:CANCELLED", a_list, "expected zset"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+async def test_garbage_in_a_queue_key(
+    queue: Queue, logs: pytest.LogCaptureFixture, case: Case
+) -> None:
+    # Given tasks that already completed, and delayed tasks (some with unique keys) waiting
+    workers = queue.service.start_workers(2)
+    done = await queue.add(delayed=False)
+    await queue.service.wait_idle(timeout=WAIT_SECONDS)
+    waiting = await queue.add(delayed=True) + await queue.add(delayed=True, unique=True)
+
+    # When garbage is written into one of the queue's keys, more tasks are added, and the
+    # delayed ones come due (the first claim moves them to the ready set)
+    key = queue.key(case.key)
+    await case.write(queue.raw, key)
+    later = await queue.add(delayed=False) + await queue.add(delayed=True, unique=True)
+    queue.clock.advance(DELAY_SECONDS + 1)
+    await queue.service.wait_idle(timeout=WAIT_SECONDS)
+
+    # Then every task still queued completed exactly once, and no operation failed
+    valid = done + later + ([] if case.destroys_delayed else waiting)
+    assert {task_id: queue.runs[task_id] for task_id in valid} == dict.fromkeys(valid, 1)
+    for task_id in valid:
+        task = await queue.broker.get_task(task_id)
+        assert task is not None
+        assert task.status is TaskStatus.COMPLETED
+    failures = [r for r in logs.records if getattr(r, "katana_event", "") == "broker_error"]
+    assert not failures, [r.getMessage() for r in failures]
+    assert not any(worker.done() for worker in workers)
+    # ...the counters agree with what ran...
+    counts = await queue.broker.count_by_status()
+    assert counts[TaskStatus.COMPLETED] == len(valid)
+    assert counts[TaskStatus.PENDING] == counts[TaskStatus.PROCESSING] == 0
+    # ...and the garbage is in quarantine, with its reason, and was logged
+    notes = [n for n in await queue.broker.quarantined(limit=1000) if n.get("entry") == key]
+    assert [case.reason in note["reason"] for note in notes] == [True], notes
+    assert any(
+        r.levelno == logging.WARNING and key in r.getMessage() and case.reason in r.getMessage()
+        for r in logs.records
+    ), [r.getMessage() for r in logs.records]
+
+
+# -- the arrival counter, met first by each script that queues a task ----------------------
+
+
+def quarantine_notes(logs: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in logs.records if r.levelno == logging.WARNING]
+
+
+async def assert_seq_repaired(queue: Queue, logs: pytest.LogCaptureFixture) -> None:
+    """The garbage counter was quarantined and logged, and counts on from a whole number."""
+    key = queue.key("seq")
+    notes = [n for n in await queue.broker.quarantined() if n.get("entry") == key]
+    assert len(notes) == 1, notes
+    assert "'garbage'" in notes[0]["reason"]
+    assert any(key in line and "'garbage'" in line for line in quarantine_notes(logs))
+    assert int(await queue.raw.get(key) or b"0") >= 0
+    failures = [r for r in logs.records if getattr(r, "katana_event", "") == "broker_error"]
+    assert not failures, [r.getMessage() for r in failures]
+
+
+async def test_garbage_seq_met_first_by_the_claim_that_moves_delayed_tasks(
+    queue: Queue, logs: pytest.LogCaptureFixture
+) -> None:
+    # Given delayed tasks, and garbage in the arrival counter once they were queued
+    delayed = await queue.add(delayed=True)
+    await queue.raw.set(queue.key("seq"), "garbage")
+
+    # When they come due: the claim takes them out of the delayed set, for the ready set
+    queue.clock.advance(DELAY_SECONDS + 1)
+    queue.service.start_workers(2)
+    await queue.service.wait_idle(timeout=WAIT_SECONDS)
+
+    # Then none of them was lost on the way: each ran once and completed
+    assert {task_id: queue.runs[task_id] for task_id in delayed} == dict.fromkeys(delayed, 1)
+    for task_id in delayed:
+        task = await queue.broker.get_task(task_id)
+        assert task is not None
+        assert task.status is TaskStatus.COMPLETED
+    await assert_seq_repaired(queue, logs)
+
+
+async def test_garbage_seq_met_first_by_add_task(
+    queue: Queue, logs: pytest.LogCaptureFixture
+) -> None:
+    await queue.raw.set(queue.key("seq"), "garbage")
+
+    # add_task neither fails nor leaves a record outside the queue's structures
+    added = await queue.add(delayed=False)
+    assert (await queue.broker.count_by_status())[TaskStatus.PENDING] == len(added)
+    queue.service.start_workers(2)
+    await queue.service.wait_idle(timeout=WAIT_SECONDS)
+
+    assert {task_id: queue.runs[task_id] for task_id in added} == dict.fromkeys(added, 1)
+    await assert_seq_repaired(queue, logs)
+
+
+async def test_garbage_seq_met_first_by_a_retry(
+    queue: Queue, logs: pytest.LogCaptureFixture
+) -> None:
+    # Given a task whose first attempt writes garbage into the counter and asks to run again
+    attempts: list[int] = []
+
+    async def flaky(task: Task) -> None:
+        attempts.append(task.attempts)
+        if len(attempts) == 1:
+            await queue.raw.set(queue.key("seq"), "garbage")
+            raise Retry(delay_seconds=0)
+
+    queue.service.register("flaky", flaky)
+    task = await queue.service.add_task("flaky", max_retries=1)
+
+    # When the retry is written (it queues the task again, with a new arrival number)
+    queue.service.start_workers(1)
+    await queue.service.wait_idle(timeout=WAIT_SECONDS)
+
+    # Then it ran again and completed
+    assert len(attempts) == 2
+    stored = await queue.broker.get_task(task.id)
+    assert stored is not None
+    assert stored.status is TaskStatus.COMPLETED
+    await assert_seq_repaired(queue, logs)
+
+
+async def test_garbage_seq_met_first_by_update_task_status(
+    queue: Queue, logs: pytest.LogCaptureFixture
+) -> None:
+    # Given a completed task, and garbage in the counter
+    task_id = (await queue.service.add_task("ok")).id
+    queue.service.start_workers(1)
+    await queue.service.wait_idle(timeout=WAIT_SECONDS)
+    await queue.raw.set(queue.key("seq"), "garbage")
+
+    # When it is set back to PENDING by hand, it is queued again and runs again
+    await queue.broker.update_task_status(task_id, TaskStatus.PENDING)
+    await queue.service.wait_idle(timeout=WAIT_SECONDS)
+
+    assert queue.runs[task_id] == 2
+    await assert_seq_repaired(queue, logs)
+
+
+async def test_garbage_seq_met_first_by_a_lease_recovery(
+    queue: Queue, logs: pytest.LogCaptureFixture
+) -> None:
+    # Given a task whose worker died while it ran (its lease runs out unrenewed)
+    task_id = (await queue.service.add_task("ok")).id
+    claimed = await queue.broker.dequeue(timeout=0)
+    assert claimed is not None
+    assert claimed.id == task_id
+    queue.broker._held.pop(task_id)  # this process stops renewing it, as if it had died
+    await queue.raw.set(queue.key("seq"), "garbage")
+
+    # When the heartbeat finds the lease expired, it queues the task again
+    queue.clock.advance(queue.broker.lease_seconds + 1)
+    await queue.broker.heartbeat()
+
+    # Then the task is PENDING in the ready set, and runs
+    stored = await queue.broker.get_task(task_id)
+    assert stored is not None
+    assert stored.status is TaskStatus.PENDING
+    assert (await queue.broker.count_by_status())[TaskStatus.PENDING] == 1
+    await assert_seq_repaired(queue, logs)
