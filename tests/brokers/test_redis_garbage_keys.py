@@ -308,3 +308,124 @@ async def test_garbage_seq_met_first_by_a_lease_recovery(
     assert stored.status is TaskStatus.PENDING
     assert (await queue.broker.count_by_status())[TaskStatus.PENDING] == 1
     await assert_seq_repaired(queue, logs)
+
+
+# -- task records with a field that is garbage or missing, in each queue structure ---------
+
+MISSING = ""  # a field value that stands for "delete the field"
+
+#: Fields a claim reads or a worker decodes (those a claim writes, such as started_at, are
+#: repaired by it).
+
+FIELDS = {
+    "name missing": ("name", MISSING),
+    "payload missing": ("payload", MISSING),
+    "payload not JSON": ("payload", "{'single': 'quotes'}"),
+    "priority missing": ("priority", MISSING),
+    "priority nan": ("priority", "nan"),
+    "priority text": ("priority", "high"),
+    "created_at text": ("created_at", "yesterday"),
+    "scheduled_at missing": ("scheduled_at", MISSING),
+    "scheduled_at nan": ("scheduled_at", "nan"),
+    "status missing": ("status", MISSING),
+    "status unknown": ("status", "MAYBE"),
+    "attempts text": ("attempts", "once"),
+    "deliveries text": ("deliveries", "twice"),
+    "max_retries text": ("max_retries", "some"),
+    "timeout_seconds text": ("timeout_seconds", "soon"),
+    "progress text": ("progress", "half"),
+    "result not JSON": ("result", "{"),
+    "attempt error not JSON": ("err:1", "{"),
+    "attempt error number": ("err:first", "{}"),
+    "trace_context a list": ("trace_context", '["traceparent"]'),
+}
+
+
+async def write_record(queue: Queue, where: str, name: str, value: str) -> tuple[str, str]:
+    """A task record written by hand into ``where`` with ``name`` set to ``value`` (or
+    deleted); returns its id and its ready entry."""
+    task_id = f"bad-{uuid.uuid4().hex}"
+    now_ms = int(queue.clock() * 1000)
+    member = f"{now_ms - 1000:015d}:{10**12:016d}:{task_id}"
+    fields = {
+        "name": "ok",
+        "payload": "{}",
+        "priority": "0",
+        "created_at": repr(queue.clock()),
+        "scheduled_at": repr(queue.clock()),
+        "status": "PENDING",
+        "attempts": "0",
+        "deliveries": "0",
+        "max_retries": "0",
+    }
+    if where == "ready":
+        fields["member"] = member
+        await queue.raw.zadd(queue.key("ready"), {member: 0})
+    elif where == "delayed":
+        await queue.raw.zadd(queue.key("delayed"), {task_id: now_ms - 1000})
+    else:  # claimed by a worker that died: its lease ran out a second ago
+        fields.update(status="PROCESSING", claim_token="gone:1", attempts="1", deliveries="1")
+        fields["started_at"] = repr(queue.clock() - 10)
+        await queue.raw.zadd(queue.key("processing"), {task_id: now_ms - 1000})
+    if value == MISSING:
+        fields.pop(name, None)
+    else:
+        fields[name] = value
+    items = [x for pair in fields.items() for x in pair]
+    await queue.raw.hset(queue.key(f"task:{task_id}"), items=items)
+    return task_id, member
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["ready", "delayed", "processing"])
+@pytest.mark.parametrize(("name", "value"), FIELDS.values(), ids=FIELDS.keys())
+async def test_task_record_with_a_bad_field(
+    queue: Queue, logs: pytest.LogCaptureFixture, where: str, name: str, value: str
+) -> None:
+    # Given valid tasks, and among them a task record with one bad field
+    before = await queue.add(delayed=False)
+    task_id, member = await write_record(queue, where, name, value)
+    after = await queue.add(delayed=False)
+
+    # When the heartbeat recovers expired leases and workers drain the queue
+    await queue.broker.heartbeat()
+    workers = queue.service.start_workers(2)
+    await queue.service.wait_idle(timeout=WAIT_SECONDS)
+
+    # Then the valid tasks completed, nothing failed, and the bad record never ran...
+    valid = before + after
+    assert {task_id: queue.runs[task_id] for task_id in valid} == dict.fromkeys(valid, 1)
+    assert queue.runs[task_id] == 0
+    failures = [r for r in logs.records if getattr(r, "katana_event", "") == "broker_error"]
+    assert not failures, [r.getMessage() for r in failures]
+    assert not any(worker.done() for worker in workers)
+    # ...it is in quarantine, logged by name, and no longer a task
+    notes = await queue.broker.quarantined(limit=1000)
+    assert [n for n in notes if n.get("entry") in (task_id, member)], notes
+    assert any(r.levelno >= logging.WARNING and task_id in r.getMessage() for r in logs.records)
+    assert await queue.broker.get_task(task_id) is None
+    counts = await queue.broker.count_by_status()
+    assert counts[TaskStatus.COMPLETED] == len(valid)
+    assert counts[TaskStatus.PENDING] == counts[TaskStatus.PROCESSING] == 0
+
+
+@pytest.mark.parametrize("where", ["ready", "delayed", "processing"])
+async def test_stray_entry_for_a_finished_task(
+    queue: Queue, logs: pytest.LogCaptureFixture, where: str
+) -> None:
+    # Given a completed task, and an entry for it in a queue structure (no transition leaves
+    # one there: garbage)
+    task_id, member = await write_record(queue, where, "status", "COMPLETED")
+
+    # When the heartbeat and a worker's claim meet the entry
+    await queue.broker.heartbeat()
+    queue.service.start_workers(1)
+    await queue.service.wait_idle(timeout=WAIT_SECONDS)
+
+    # Then the entry is quarantined as stray, and the task record is left as it was
+    notes = await queue.broker.quarantined()
+    assert [n["reason"] for n in notes if n.get("entry") in (task_id, member)] == [
+        f"stray {where} entry for a task in status COMPLETED"
+    ]
+    assert queue.runs[task_id] == 0
+    assert await queue.raw.hget(queue.key(f"task:{task_id}"), "status") == b"COMPLETED"

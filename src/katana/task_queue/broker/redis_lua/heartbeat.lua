@@ -61,9 +61,15 @@ end
 for _, id in ipairs(expired) do
   redis.call('ZREM', processing_key, id)
   local key = task_record(id, id, now_ms)
-  if key and redis.call('HGET', key, 'status') == 'PROCESSING' then
+  local status = key and redis.call('HGET', key, 'status')
+  if status == 'PROCESSING' then
     redis.call('HDEL', key, 'claim_token')
     recover(key, id)
+  elseif key and not STATUSES[status] then
+    quarantine_record(key, id, 'task record has an unknown status: ' .. tostring(status), now_ms)
+  elseif key then
+    -- Every transition out of PROCESSING removes the lease, so this one is stray.
+    quarantine(id, 'stray processing entry for a task in status ' .. status, now_ms)
   end
 end
 if requeued > 0 then
