@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pytest
@@ -21,14 +22,12 @@ import redis.asyncio as aioredis
 
 from katana.task_queue.broker.redis import RedisBroker
 from katana.task_queue.errors import Retry
-from katana.task_queue.models import TaskStatus
+from katana.task_queue.models import Task, TaskStatus
 from katana.task_queue.service import TaskQueueService
 from katana.task_queue.testing import FakeClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
-
-    from katana.task_queue.models import Task
 
     Writer = Callable[[aioredis.Redis, str], Awaitable[object]]
 
@@ -429,3 +428,79 @@ async def test_stray_entry_for_a_finished_task(
     ]
     assert queue.runs[task_id] == 0
     assert await queue.raw.hget(queue.key(f"task:{task_id}"), "status") == b"COMPLETED"
+
+
+async def test_a_claim_given_back_with_garbage_counters_is_quarantined(
+    queue: Queue, logs: pytest.LogCaptureFixture
+) -> None:
+    # Given a task claimed ahead of need, whose attempts counter turns to garbage meanwhile
+    task_id = (await queue.service.add_task("ok")).id
+    claimed = await queue.broker.dequeue(timeout=0)
+    assert claimed is not None
+    await queue.raw.hset(queue.key(f"task:{task_id}"), "attempts", "many")
+
+    # When no worker takes it and the claim is undone (attempts and deliveries wound back)
+    given_back = await queue.broker._undo_claim(claimed)
+
+    # Then the record is quarantined instead of half given back, and the queue is empty
+    assert given_back is False
+    notes = await queue.broker.quarantined()
+    assert [n["entry"] for n in notes] == [task_id]
+    assert await queue.broker.get_task(task_id) is None
+    counts = await queue.broker.count_by_status()
+    assert counts[TaskStatus.PENDING] == counts[TaskStatus.PROCESSING] == 0
+
+
+@pytest.mark.parametrize("garbage", [string("x"), string("1"), a_hash], ids=["x", "1", "hash"])
+async def test_garbage_in_a_periodic_slot_key(
+    queue: Queue, logs: pytest.LogCaptureFixture, garbage: Writer
+) -> None:
+    # Given garbage (no expiry) under the key of a periodic slot that nobody took
+    await garbage(queue.raw, queue.key("slot:periodic:job:2026-01-01T00:00:00"))
+
+    # When the scheduler fires the slot, the task is stored (once), and runs
+    task = Task(name="ok", payload={}, scheduled_at=datetime.fromtimestamp(queue.clock(), UTC))
+    assert await queue.broker.enqueue_in_slot(task, "periodic:job:2026-01-01T00:00:00", 60)
+    assert not await queue.broker.enqueue_in_slot(task, "periodic:job:2026-01-01T00:00:00", 60)
+    queue.service.start_workers(1)
+    await queue.service.wait_idle(timeout=WAIT_SECONDS)
+    assert queue.runs[task.id] == 1
+
+    # Then the garbage was moved aside with a note
+    key = queue.key("slot:periodic:job:2026-01-01T00:00:00")
+    assert [n["entry"] for n in await queue.broker.quarantined()] == [key]
+    assert 0 < await queue.raw.pttl(key) <= 60_000
+
+
+async def test_garbage_in_the_unique_key_index(queue: Queue) -> None:
+    # Given unique-key entries that point at no task, at garbage, and at a finished task
+    done = await queue.service.add_task("ok", unique_key="done")
+    queue.service.start_workers(2)
+    await queue.service.wait_idle(timeout=WAIT_SECONDS)
+    await queue.raw.set(queue.key("task:not-a-hash"), "x")
+    await queue.raw.hset(
+        queue.key("unique"),
+        items=["ghost", "no-such-task", "string", "not-a-hash", "done", done.id],
+    )
+
+    # When tasks with those unique keys are added, each is stored and runs
+    added = [await queue.service.add_task("ok", unique_key=k) for k in ("ghost", "string", "done")]
+    await queue.service.wait_idle(timeout=WAIT_SECONDS)
+
+    assert len({task.id for task in added} | {done.id}) == 4
+    assert all(queue.runs[task.id] == 1 for task in added)
+    # ...and each entry was released when its task finished
+    assert await queue.raw.hgetall(queue.key("unique")) == {}
+
+
+async def test_garbage_under_the_paused_key_pauses_the_queue(queue: Queue) -> None:
+    # The key's presence is the flag: garbage of any Redis type there reads as paused, and
+    # resuming deletes it
+    await a_hash(queue.raw, queue.key("paused"))
+    assert await queue.broker.is_paused() is True
+
+    await queue.broker.set_paused(False)
+    added = await queue.add(delayed=False)
+    queue.service.start_workers(2)
+    await queue.service.wait_idle(timeout=WAIT_SECONDS)
+    assert all(queue.runs[task_id] == 1 for task_id in added)

@@ -212,6 +212,28 @@ local function check_queue(now_ms)
   check_values(now_ms)
 end
 
+-- A periodic slot key holds '1' until it expires (enqueue.lua and claim_slot set it so):
+-- anything else there is garbage that would skip that firing of the periodic task for good.
+-- It is moved aside, so that the slot can be taken.
+local function check_slot(key, now_ms)
+  local kind = redis.call('TYPE', key).ok
+  local held
+  if kind == 'none' then
+    return
+  elseif kind ~= 'string' then
+    held = 'had Redis type ' .. kind
+  else
+    local value = redis.call('GET', key)
+    if value == '1' and redis.call('PTTL', key) > 0 then
+      return
+    end
+    held = 'held ' .. shown(value) .. (value == '1' and ' with no expiry' or '')
+  end
+  local aside = key .. ':quarantined:' .. now_ms
+  redis.call('RENAME', key, aside)
+  quarantine(key, 'periodic slot key ' .. held .. '; moved to ' .. aside, now_ms)
+end
+
 -- Move a task record that fails a check aside, with a note; the caller has taken it out of
 -- the queue's structures.
 local function quarantine_record(key, id, reason, now_ms)
@@ -368,11 +390,12 @@ local function apply_outcomes(first, last, now_ms)
       elseif op == 'release' and not row[4]
           and not (whole(row[6] or '0') and whole(row[7] or '0')) then
         -- The counters a release winds back are garbage, and HINCRBY would fail on them
-        -- after this call wrote other outcomes: the record goes, before anything is written.
+        -- after this call wrote other outcomes: the record goes, before anything is written,
+        -- and the claim with it.
         unplace(key, id, row[3])
         quarantine_record(key, id, 'task record has a non-numeric attempts or deliveries field',
           now_ms)
-        code = -1
+        code = 0
       else
         local checked = token ~= ''
         if checked then

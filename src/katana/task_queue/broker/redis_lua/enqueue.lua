@@ -8,6 +8,9 @@
 -- With a slot key (a periodic slot, see claim_slot), the tasks are stored only if this call
 -- takes the key (SET NX PX); else nothing is and the last value is 0.
 local now_ms = tonumber(ARGV[2])
+if ARGV[3] ~= '' then
+  check_slot(prefix .. ':slot:' .. ARGV[3], now_ms)
+end
 if ARGV[3] ~= '' and not redis.call('SET', prefix .. ':slot:' .. ARGV[3], '1', 'NX', 'PX',
     tonumber(ARGV[4])) then
   return {quarantined_now, {}, 0}
