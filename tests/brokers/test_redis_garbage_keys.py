@@ -504,3 +504,31 @@ async def test_garbage_under_the_paused_key_pauses_the_queue(queue: Queue) -> No
     queue.service.start_workers(2)
     await queue.service.wait_idle(timeout=WAIT_SECONDS)
     assert all(queue.runs[task_id] == 1 for task_id in added)
+
+
+@pytest.mark.parametrize("score", [-5, float("-inf")], ids=["negative", "-inf"])
+async def test_delayed_entry_with_a_due_time_before_1970(
+    queue: Queue, logs: pytest.LogCaptureFixture, score: float
+) -> None:
+    # Given a valid delayed task whose delayed entry's score was overwritten with garbage
+    task_id = (await queue.service.add_task("ok", delay_seconds=DELAY_SECONDS)).id
+    await queue.raw.zadd(queue.key("delayed"), {task_id: score})
+
+    # When a claim moves it to the ready set, it is due at once, and runs
+    queue.service.start_workers(1)
+    await queue.service.wait_idle(timeout=WAIT_SECONDS)
+
+    assert queue.runs[task_id] == 1
+    assert await queue.broker.quarantined() == []
+
+
+async def test_expired_lease_with_a_nan_lost_counter(queue: Queue) -> None:
+    # Given a task whose worker died, with 'nan' in its count of lost workers
+    task_id, _ = await write_record(queue, "processing", "lost", "nan")
+
+    # When the heartbeat recovers its lease, the counter counts as used up: the task is DEAD
+    await queue.broker.heartbeat()
+
+    task = await queue.broker.get_task(task_id)
+    assert task is not None
+    assert task.status is TaskStatus.DEAD

@@ -261,8 +261,9 @@ end
 -- Put a PENDING task where dequeue finds it: the ready set when due, else the delayed set.
 local function place(key, id, priority, due_ms, now_ms)
   if due_ms <= now_ms then
-    local seq = redis.call('INCR', prefix .. ':seq')
-    local member = ready_member(due_ms, seq, id)
+    local seq = redis.call('INCR', seq_key)
+    -- A due time before 1970 (garbage in a delayed score) would not fit the entry's digits.
+    local member = ready_member(math.max(due_ms, 0), seq, id)
     redis.call('HSET', key, 'member', member)
     queue_call('ZADD', ready_key, priority, member)
   else

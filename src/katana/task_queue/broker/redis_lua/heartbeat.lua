@@ -39,7 +39,7 @@ local function recover(key, id)
     return
   end
   -- Only deliveries that lost their worker count: retries of failed attempts do not.
-  local lost = (tonumber(redis.call('HGET', key, 'lost') or '0') or max_deliveries) + 1
+  local lost = (finite(redis.call('HGET', key, 'lost') or '0') or max_deliveries) + 1
   redis.call('HSET', key, 'lost', lost)
   if lost >= max_deliveries then
     count_transition(key, 'PROCESSING', 'DEAD')
