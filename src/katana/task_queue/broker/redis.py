@@ -6,16 +6,19 @@ Layout, all under one ``{hash tag}`` so a Redis Cluster keeps a queue on one slo
 
 - ``katana:{queue}:task:<id>`` hash: the task's fields; payload and result are JSON (orjson).
 - ``...:ready`` sorted set of due tasks: score = priority, member = ``<due ms>:<seq>:<id>``
-  zero-padded, so equal priorities sort by due time and then arrival.
+  zero-padded, so equal priorities sort by due time and then arrival (``...:seq`` counts).
 - ``...:delayed`` sorted set of not-yet-due task ids by due time (ms).
 - ``...:processing`` sorted set of claimed task ids by lease deadline (ms).
 - ``...:counts`` hash of terminal-status counters; ``...:quarantine`` list of rejected entries.
 - ``...:all`` sorted set of every task id by creation time, for listing.
 - ``...:workers`` hash of worker records (JSON); ``...:paused`` exists while the queue is paused.
 
-Every state change is one Lua script (``redis_lua/*.lua``). A claim carries a lease that this
-process's heartbeat renews while the task runs; the same heartbeat hands expired leases of
-any process back to the queue, and gives up on a task (DEAD) after ``max_deliveries``.
+Every state change is one Lua script (``redis_lua/*.lua``), which checks every key and value
+it reads before its first write (a script is not a transaction: Redis keeps the writes of one
+that fails halfway) and quarantines garbage instead of failing on it. A claim carries a
+lease that this process's heartbeat renews while the task runs; the same heartbeat hands
+expired leases of any process back to the queue, and gives up on a task (DEAD) after
+``max_deliveries``.
 Timestamps come from the clients' clocks, which must agree (NTP) across hosts.
 """
 
