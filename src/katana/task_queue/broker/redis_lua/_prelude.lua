@@ -120,9 +120,10 @@ local function ensure_queue_types(now_ms)
   ensure_type(unique_key, 'hash', now_ms)
 end
 
--- Whether a value read from Redis is a whole number HINCRBY takes.
+-- Whether a value read from Redis is a whole number INCR and HINCRBY take: Redis refuses
+-- leading zeros and '-0' too. At most 18 digits, so that adding to it cannot overflow.
 local function whole(value)
-  return #value <= 18 and string.match(value, '^%-?%d+$') ~= nil
+  return value == '0' or (#value <= 19 and string.match(value, '^%-?[1-9]%d*$') ~= nil)
 end
 
 -- A number read from a task record, or nil when it is not one: tonumber() also takes 'nan'
@@ -163,7 +164,8 @@ local function check_seq(now_ms)
     local aside = seq_key .. ':quarantined:' .. now_ms
     redis.call('RENAME', seq_key, aside)
     held = 'had Redis type ' .. kind .. ' (moved to ' .. aside .. ')'
-  elseif value and not (#value <= SEQ_MAX_DIGITS and string.match(value, '^%d+$')) then
+  elseif value and not (whole(value) and #value <= SEQ_MAX_DIGITS
+      and string.sub(value, 1, 1) ~= '-') then
     held = 'held ' .. shown(value)
   else
     return
