@@ -532,3 +532,17 @@ async def test_expired_lease_with_a_nan_lost_counter(queue: Queue) -> None:
     task = await queue.broker.get_task(task_id)
     assert task is not None
     assert task.status is TaskStatus.DEAD
+
+
+async def test_quarantined_with_garbage_under_the_quarantine_key(
+    queue: Queue, logs: pytest.LogCaptureFixture
+) -> None:
+    # Reading the notes does not fail on garbage there (no script has moved it aside yet)...
+    await string("not a list")(queue.raw, queue.key("quarantine"))
+    assert await queue.broker.quarantined() == []
+    assert any("does not hold a quarantine list" in line for line in quarantine_notes(logs))
+
+    # ...and the next script that writes moves it aside, with a note in a fresh list
+    await queue.broker.count_by_status()
+    [note] = await queue.broker.quarantined()
+    assert note["entry"] == queue.key("quarantine")

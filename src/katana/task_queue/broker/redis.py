@@ -1068,11 +1068,13 @@ class RedisBroker(AbstractBroker):
 
     async def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest entries moved to quarantine, each with the entry, reason and time."""
+        key = f"{self.prefix}:quarantine"
         with self._direct():
-            raw = cast(
-                "list[bytes]",
-                await self._client.lrange(f"{self.prefix}:quarantine", 0, limit - 1),
-            )
+            try:
+                raw = cast("list[bytes]", await self._client.lrange(key, 0, limit - 1))
+            except ResponseError:  # WRONGTYPE: the next script moves the garbage aside
+                logger.warning("key %s does not hold a quarantine list", key)
+                return []
         notes = []
         for item in raw:
             # Entries may hold the garbage's raw bytes, which Lua's cjson leaves unescaped.
