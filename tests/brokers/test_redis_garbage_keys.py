@@ -4,7 +4,10 @@ A Redis script is not a transaction: a script that fails halfway keeps its earli
 Each case here writes garbage into one key while valid tasks wait in the queue (some due, some
 delayed, so that the claim moving delayed tasks meets the garbage too), then checks that the
 entry was quarantined (or the key repaired), that no operation failed, and that every valid
-task completed exactly once, with the status counters right.
+task completed exactly once, with the status counters right. Then: the arrival counter met
+first by each script that queues a task, task records with each field garbage or missing in
+each queue structure, stray entries, periodic slot keys, unique-key entries and the paused
+key. (tests/brokers/test_redis_garbage.py has the mixed scenario with 200 valid tasks.)
 """
 
 from __future__ import annotations
@@ -91,7 +94,8 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 @dataclass
 class Case:
-    """Garbage for one key: ``write`` puts it there; the quarantine note names ``entry``."""
+    """Garbage for the queue key ``key``: ``write`` puts it there; the quarantine note on
+    the key gives ``reason``."""
 
     key: str
     write: Writer
@@ -546,3 +550,17 @@ async def test_quarantined_with_garbage_under_the_quarantine_key(
     await queue.broker.count_by_status()
     [note] = await queue.broker.quarantined()
     assert note["entry"] == queue.key("quarantine")
+
+
+async def test_expired_lease_of_a_task_with_no_record(queue: Queue) -> None:
+    # Given a lease in the processing set for a task that has no record
+    await queue.raw.zadd(queue.key("processing"), {"ghost": int(queue.clock() * 1000) - 1000})
+
+    # When the heartbeat recovers expired leases, the entry goes to quarantine
+    await queue.broker.heartbeat()
+
+    notes = await queue.broker.quarantined()
+    assert [(n["entry"], n["reason"]) for n in notes] == [
+        ("ghost", "queue entry for task ghost has no task record")
+    ]
+    assert await queue.raw.zcard(queue.key("processing")) == 0
