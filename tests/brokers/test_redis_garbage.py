@@ -1,4 +1,7 @@
-"""RedisBroker with garbage written straight into its keys: quarantined and logged, never fatal."""
+"""RedisBroker with garbage written straight into its keys: quarantined and logged, never fatal.
+
+Garbage in each key of a queue, one key at a time: tests/brokers/test_redis_garbage_keys.py.
+"""
 
 from __future__ import annotations
 

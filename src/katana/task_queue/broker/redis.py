@@ -6,7 +6,7 @@ Layout, all under one ``{hash tag}`` so a Redis Cluster keeps a queue on one slo
 
 - ``katana:{queue}:task:<id>`` hash: the task's fields; payload and result are JSON (orjson).
 - ``...:ready`` sorted set of due tasks: score = priority, member = ``<due ms>:<seq>:<id>``
-  zero-padded, so equal priorities sort by due time and then arrival.
+  zero-padded, so equal priorities sort by due time and then arrival (``...:seq`` counts).
 - ``...:delayed`` sorted set of not-yet-due task ids by due time (ms).
 - ``...:processing`` sorted set of claimed task ids by lease deadline (ms).
 - ``...:counts`` hash of terminal-status counters; ``...:quarantine`` list of rejected entries.
@@ -16,12 +16,15 @@ Layout, all under one ``{hash tag}`` so a Redis Cluster keeps a queue on one slo
   refresh); ``...:owned:<owner>`` set of the ids it claimed; ``...:owners`` set of owners that
   may hold claims; ``...:sweep`` hash: when orphans were last looked for.
 
-Every state change is one Lua script (``redis_lua/*.lua``). A claim carries a lease that this
-process's heartbeat renews while the task runs; the same heartbeat hands expired leases of
-any process back to the queue, and gives up on a task (DEAD) after ``max_deliveries``. Each
-claim is also tagged with the process that made it, whose liveness mark a thread refreshes
-every second (``_redis_liveness``): once a killed process's mark expired, the next heartbeat
-of any process (every second) takes its claims back without waiting for their leases.
+Every state change is one Lua script (``redis_lua/*.lua``), which checks every key and value
+it reads before its first write (a script is not a transaction: Redis keeps the writes of one
+that fails halfway) and quarantines garbage instead of failing on it. A claim carries a
+lease that this process's heartbeat renews while the task runs; the same heartbeat hands
+expired leases of any process back to the queue, and gives up on a task (DEAD) after
+``max_deliveries``. Each claim is also tagged with the process that made it, whose liveness
+mark a thread refreshes every second (``_redis_liveness``): once a killed process's mark
+expired, the next heartbeat of any process (every second) takes its claims back without
+waiting for their leases.
 Timestamps come from the clients' clocks, which must agree (NTP) across hosts.
 """
 
@@ -302,6 +305,13 @@ class RedisBroker(AbstractBroker):
         except RedisError as exc:
             raise BrokerError(f"Redis refused {script}: {exc}") from exc
 
+    async def _run_repairing(self, script: str, args: list[Any]) -> Any:
+        """Run a script that replies ``{quarantined entry/reason pairs, result}``: the pairs
+        (garbage its validation phase moved aside) are logged, the result returned."""
+        quarantined, result = await self._run(script, args)
+        self._log_quarantined(quarantined)
+        return result
+
     @contextlib.contextmanager
     def _direct(self) -> Iterator[None]:
         """Around a plain command (no script): refuse use after close, and turn a failure to
@@ -572,7 +582,9 @@ class RedisBroker(AbstractBroker):
             extra={"katana_event": "task_quarantined", "task_id": task_id},
         )
         try:
-            await self._run("quarantine", [self._now_ms(), task_id, f"malformed record: {exc}"])
+            await self._run_repairing(
+                "quarantine", [self._now_ms(), task_id, f"malformed record: {exc}"]
+            )
         except BrokerError as error:  # its lease expires and the next claim retries this
             logger.warning("could not quarantine task record %s: %s", task_id, error)
 
@@ -883,7 +895,7 @@ class RedisBroker(AbstractBroker):
             for outcome in batch:
                 args.extend(outcome.values)
             try:
-                codes = await self._run("finish", args)
+                codes = await self._run_repairing("finish", args)
             except BaseException as exc:
                 self._resolve(batch, exc)
                 if not isinstance(exc, Exception):
@@ -971,7 +983,7 @@ class RedisBroker(AbstractBroker):
         return not reply[0]  # no lost ids: the claim was renewed
 
     async def cancel(self, task_id: str) -> bool:
-        return int(await self._run("cancel", [self._now_ms(), task_id])) > 0
+        return int(await self._run_repairing("cancel", [self._now_ms(), task_id])) > 0
 
     def add_cancel_listener(self, listener: Callable[[str], None]) -> None:
         self._cancel_listeners.append(listener)
@@ -994,7 +1006,7 @@ class RedisBroker(AbstractBroker):
         return await self._submit("cancel", task_id, claim_token, "", "")
 
     async def update_task_status(self, task_id: str, status: TaskStatus) -> None:
-        code = await self._run(
+        code = await self._run_repairing(
             "set_status",
             [self._now_ms(), task_id, TaskStatus(status).value, int(self.lease_seconds * 1000)],
         )
@@ -1147,7 +1159,7 @@ class RedisBroker(AbstractBroker):
         return sorted(workers, key=lambda info: info.id)
 
     async def delete_task(self, task_id: str) -> bool:
-        code = int(await self._run("delete", [self._now_ms(), task_id]))
+        code = int(await self._run_repairing("delete", [self._now_ms(), task_id]))
         if code < 0:
             raise KeyError(task_id)
         return code == 1
@@ -1182,11 +1194,13 @@ class RedisBroker(AbstractBroker):
 
     async def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest entries moved to quarantine, each with the entry, reason and time."""
+        key = f"{self.prefix}:quarantine"
         with self._direct():
-            raw = cast(
-                "list[bytes]",
-                await self._client.lrange(f"{self.prefix}:quarantine", 0, limit - 1),
-            )
+            try:
+                raw = cast("list[bytes]", await self._client.lrange(key, 0, limit - 1))
+            except ResponseError:  # WRONGTYPE: the next script moves the garbage aside
+                logger.warning("key %s does not hold a quarantine list", key)
+                return []
         notes = []
         for item in raw:
             # Entries may hold the garbage's raw bytes, which Lua's cjson leaves unescaped.

@@ -10,6 +10,8 @@ local all_key = prefix .. ':all'
 local counts_key = prefix .. ':counts'
 local unique_key = prefix .. ':unique'
 local quarantine_key = prefix .. ':quarantine'
+-- The arrival counter that orders ready entries of equal due time (see ready_member).
+local seq_key = prefix .. ':seq'
 local wake_channel = prefix .. ':wake'
 local cancel_channel = prefix .. ':cancel'
 -- Ids of tasks that reached a final status (space-separated): wakes wait_finished callers.
@@ -38,6 +40,9 @@ local function ready_member(due_ms, seq, id)
   return string.format('%015d:%016d:%s', due_ms, seq, id)
 end
 local MEMBER_HEAD = 33 -- length of '<due>:<seq>:'
+-- The highest arrival number the counter may hold: 15 digits keep INCR far below 16 digits
+-- and below 2^53, where Lua's numbers stop being exact.
+local SEQ_MAX_DIGITS = 15
 
 -- What this call quarantined, as entry, reason pairs: scripts return it so the client logs it.
 local quarantined_now = {}
@@ -56,16 +61,43 @@ end
 local STATUSES = {PENDING = true, PROCESSING = true, COMPLETED = true, FAILED = true,
   CANCELLED = true, DEAD = true}
 
+local TERMINAL = {COMPLETED = true, FAILED = true, CANCELLED = true, DEAD = true}
+-- In a fixed order: scripts must not depend on the order of a Lua table's keys.
+local TERMINAL_LIST = {'COMPLETED', 'FAILED', 'CANCELLED', 'DEAD'}
+
+-- A value shown in a quarantine note: quoted, and cut short.
+local function shown(value)
+  return "'" .. string.sub(value, 1, 100) .. "'"
+end
+
+-- The size of a terminal status's finished set (0 while garbage of another type holds it).
+local function finished_size(status)
+  local set = prefix .. ':finished:' .. status
+  if redis.call('TYPE', set).ok ~= 'zset' then
+    return 0
+  end
+  return redis.call('ZCARD', set)
+end
+
 -- Garbage written over one of the queue's own keys must not wedge every worker: move the key
 -- aside (recorded in the quarantine list) so the queue starts over with an empty structure.
+-- Returns true when it moved the key. The counters start over from the finished sets, which
+-- hold the same tasks.
 local function ensure_type(key, wanted, now_ms)
   local kind = redis.call('TYPE', key).ok
-  if kind ~= wanted and kind ~= 'none' then
-    local aside = key .. ':quarantined:' .. now_ms
-    redis.call('RENAME', key, aside)
-    quarantine(key, 'key had Redis type ' .. kind .. ', expected ' .. wanted ..
-      '; moved to ' .. aside, now_ms)
+  if kind == wanted or kind == 'none' then
+    return false
   end
+  local aside = key .. ':quarantined:' .. now_ms
+  redis.call('RENAME', key, aside)
+  quarantine(key, 'key had Redis type ' .. kind .. ', expected ' .. wanted ..
+    '; moved to ' .. aside, now_ms)
+  if key == counts_key then
+    for _, status in ipairs(TERMINAL_LIST) do
+      redis.call('HSET', counts_key, status, finished_size(status))
+    end
+  end
+  return true
 end
 
 local QUEUE_KEY_TYPES = {[ready_key] = 'zset', [delayed_key] = 'zset', [processing_key] = 'zset',
@@ -101,6 +133,129 @@ local function ensure_queue_types(now_ms)
   ensure_type(unique_key, 'hash', now_ms)
 end
 
+-- Whether a value read from Redis is a whole number INCR and HINCRBY take: Redis refuses
+-- leading zeros and '-0' too. At most 18 digits, so that adding to it cannot overflow.
+local function whole(value)
+  return value == '0' or (#value <= 19 and string.match(value, '^%-?[1-9]%d*$') ~= nil)
+end
+
+-- A number read from a task record, or nil when it is not one: tonumber() also takes 'nan'
+-- and 'inf', which Redis refuses as a score.
+local function finite(value)
+  local number = tonumber(value)
+  if number and number == number and number > -math.huge and number < math.huge then
+    return number
+  end
+  return nil
+end
+
+-- The highest arrival number in the ready set (0 for none): read only to repair the counter.
+local function highest_ready_seq()
+  local highest = 0
+  for start = 0, redis.call('ZCARD', ready_key) - 1, 1000 do
+    for _, member in ipairs(redis.call('ZRANGE', ready_key, start, start + 999)) do
+      local digits = string.match(member, '^%d+:(%d+):')
+      local seq = digits and #digits <= SEQ_MAX_DIGITS and tonumber(digits)
+      if seq and seq > highest then
+        highest = seq
+      end
+    end
+  end
+  return highest
+end
+
+-- The arrival counter must hold a small whole number: INCR fails on anything else, and a
+-- failed INCR in place() would end a script after it wrote part of its changes (a task taken
+-- out of the delayed set and never put in the ready set). A bad counter is replaced by one
+-- past the highest number in the ready set, so tasks queued from now on still come after the
+-- tasks of equal due time that wait there.
+local function check_seq(now_ms)
+  local value = redis.pcall('GET', seq_key)
+  local held
+  if type(value) == 'table' then  -- WRONGTYPE: garbage of another Redis type
+    local kind = redis.call('TYPE', seq_key).ok
+    local aside = seq_key .. ':quarantined:' .. now_ms
+    redis.call('RENAME', seq_key, aside)
+    held = 'had Redis type ' .. kind .. ' (moved to ' .. aside .. ')'
+  elseif value and not (whole(value) and #value <= SEQ_MAX_DIGITS
+      and string.sub(value, 1, 1) ~= '-') then
+    held = 'held ' .. shown(value)
+  else
+    return
+  end
+  ensure_type(ready_key, 'zset', now_ms)
+  local restart = highest_ready_seq()
+  redis.call('SET', seq_key, restart)
+  quarantine(seq_key, 'arrival counter ' .. held .. ', not a whole number of at most ' ..
+    SEQ_MAX_DIGITS .. ' digits; reset to ' .. restart, now_ms)
+end
+
+-- The terminal-status counters must hold whole numbers: HINCRBY fails on anything else. A bad
+-- one is reset to the size of its finished set, which holds the same tasks.
+local function check_counts(now_ms)
+  local values = queue_call('HMGET', counts_key, unpack(TERMINAL_LIST))
+  for i, status in ipairs(TERMINAL_LIST) do
+    local value = values[i]
+    if value and not whole(value) then
+      local size = finished_size(status)
+      redis.call('HSET', counts_key, status, size)
+      quarantine(counts_key, 'counter ' .. status .. ' held ' .. shown(value) ..
+        ', not a whole number; reset to ' .. size .. ', the size of its finished set', now_ms)
+    end
+  end
+end
+
+-- The values scripts compute with: claim.lua and finish.lua call this first (the Redis types
+-- of their keys are checked by queue_call as they go).
+local function check_values(now_ms)
+  check_seq(now_ms)
+  check_counts(now_ms)
+end
+
+-- The validation phase of every other script that writes: each of the queue's keys gets the
+-- Redis type it should have and the counters valid values before the script's first write,
+-- so that garbage found later cannot end it halfway through its changes.
+local QUEUE_KEYS = {quarantine_key, counts_key, unique_key, ready_key, delayed_key,
+  processing_key, all_key}
+local function check_queue(now_ms)
+  for _, key in ipairs(QUEUE_KEYS) do
+    ensure_type(key, QUEUE_KEY_TYPES[key], now_ms)
+  end
+  for _, status in ipairs(TERMINAL_LIST) do
+    ensure_type(prefix .. ':finished:' .. status, 'zset', now_ms)
+  end
+  check_values(now_ms)
+end
+
+-- A periodic slot key holds '1' until it expires (enqueue.lua and claim_slot set it so):
+-- anything else there is garbage that would skip that firing of the periodic task for good.
+-- It is moved aside, so that the slot can be taken.
+local function check_slot(key, now_ms)
+  local kind = redis.call('TYPE', key).ok
+  local held
+  if kind == 'none' then
+    return
+  elseif kind ~= 'string' then
+    held = 'had Redis type ' .. kind
+  else
+    local value = redis.call('GET', key)
+    if value == '1' and redis.call('PTTL', key) > 0 then
+      return
+    end
+    held = 'held ' .. shown(value) .. (value == '1' and ' with no expiry' or '')
+  end
+  local aside = key .. ':quarantined:' .. now_ms
+  redis.call('RENAME', key, aside)
+  quarantine(key, 'periodic slot key ' .. held .. '; moved to ' .. aside, now_ms)
+end
+
+-- Move a task record that fails a check aside, with a note; the caller has taken it out of
+-- the queue's structures.
+local function quarantine_record(key, id, reason, now_ms)
+  redis.call('RENAME', key, key .. ':quarantined')
+  quarantine(id, reason, now_ms)
+end
+
 -- The task's record, or nil (and the entry quarantined) when it is missing or not a hash.
 local function task_record(id, entry, now_ms)
   local key = task_key(id)
@@ -121,8 +276,9 @@ end
 -- Put a PENDING task where dequeue finds it: the ready set when due, else the delayed set.
 local function place(key, id, priority, due_ms, now_ms)
   if due_ms <= now_ms then
-    local seq = redis.call('INCR', prefix .. ':seq')
-    local member = ready_member(due_ms, seq, id)
+    local seq = redis.call('INCR', seq_key)
+    -- A due time before 1970 (garbage in a delayed score) would not fit the entry's digits.
+    local member = ready_member(math.max(due_ms, 0), seq, id)
     redis.call('HSET', key, 'member', member)
     queue_call('ZADD', ready_key, priority, member)
   else
@@ -144,8 +300,6 @@ local function unplace(key, id, member)
   queue_call('ZREM', delayed_key, id)
   queue_call('ZREM', processing_key, id)
 end
-
-local TERMINAL = {COMPLETED = true, FAILED = true, CANCELLED = true, DEAD = true}
 
 -- The number of the task's current attempt over its whole life: a redrive starts 'attempts'
 -- (the retry budget) again at 0 and adds what it had to 'attempts_before'.
@@ -261,12 +415,21 @@ local function apply_outcomes(first, last, now_ms)
     -- One read for what every outcome needs (this runs once per finished task). A key of
     -- another Redis type (garbage) fails this read, before anything is written: unknown.
     local row = redis.pcall('HMGET', key, 'status', 'claim_token', 'member', 'cancel_requested',
-      'unique_key', 'owner')
+      'unique_key', 'owner', 'attempts', 'deliveries')
     local status = row[1]
     if row.err or (not status and redis.call('EXISTS', key) == 0) then
       code = -1
     else
       if token ~= '' and (status ~= 'PROCESSING' or row[2] ~= token) then
+        code = 0
+      elseif op == 'release' and not row[4]
+          and not (whole(row[7] or '0') and whole(row[8] or '0')) then
+        -- The counters a release winds back are garbage, and HINCRBY would fail on them
+        -- after this call wrote other outcomes: the record goes, before anything is written,
+        -- and the claim with it.
+        unplace(key, id, row[3])
+        quarantine_record(key, id, 'task record has a non-numeric attempts or deliveries field',
+          now_ms)
         code = 0
       else
         local checked = token ~= ''
@@ -320,7 +483,7 @@ local function apply_outcomes(first, last, now_ms)
           redis.call('HDEL', key, 'claim_token', 'owner', 'started_at')
           redis.call('HINCRBY', key, 'attempts', -1)
           redis.call('HINCRBY', key, 'deliveries', -1)
-          local priority = tonumber(redis.call('HGET', key, 'priority')) or 0
+          local priority = finite(redis.call('HGET', key, 'priority')) or 0
           local member = ARGV[base + 3]
           if string.sub(member, MEMBER_HEAD + 1) == id then
             redis.call('HSET', key, 'member', member)
@@ -339,7 +502,7 @@ local function apply_outcomes(first, last, now_ms)
             redis.call('HSET', key, 'error', ARGV[base + 4],
               'err:' .. attempt_number(key), ARGV[base + 5])
           end
-          place(key, id, tonumber(redis.call('HGET', key, 'priority')) or 0, due_ms, now_ms)
+          place(key, id, finite(redis.call('HGET', key, 'priority')) or 0, due_ms, now_ms)
           requeued = requeued + 1
         end
       end

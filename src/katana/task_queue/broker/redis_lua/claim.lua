@@ -19,6 +19,7 @@ local owner = ARGV[7]
 local alive_ms = tonumber(ARGV[8])
 local mode = ''
 local now_s = string.format('%.6f', now_ms / 1000)
+check_values(now_ms)
 local codes = apply_outcomes(9, #ARGV, now_ms)
 
 -- Delayed tasks that came due join the ready set, ordered by their due time.
@@ -27,14 +28,19 @@ for i = 1, #due, 2 do
   local id = due[i]
   queue_call('ZREM', delayed_key, id)
   local key = task_record(id, id, now_ms)
-  if key and redis.call('HGET', key, 'status') == 'PENDING' then
-    local priority = tonumber(redis.call('HGET', key, 'priority'))
+  local status = key and redis.call('HGET', key, 'status')
+  if status == 'PENDING' then
+    local priority = finite(redis.call('HGET', key, 'priority'))
     if priority then
       place(key, id, priority, tonumber(due[i + 1]), now_ms)
-    else
-      redis.call('RENAME', key, key .. ':quarantined')  -- not left PENDING with no entry
-      quarantine(id, 'task record has no numeric priority', now_ms)
+    else  -- not left PENDING with no entry
+      quarantine_record(key, id, 'task record has no numeric priority', now_ms)
     end
+  elseif key and not STATUSES[status] then
+    quarantine_record(key, id, 'task record has an unknown status: ' .. tostring(status), now_ms)
+  elseif key then
+    -- Every transition out of PENDING removes the delayed entry, so this one is stray.
+    quarantine(id, 'stray delayed entry for a task in status ' .. status, now_ms)
   end
 end
 
@@ -65,8 +71,7 @@ local function take(member, score)
   end
   local status = row[1]
   if not STATUSES[status] then
-    redis.call('RENAME', key, key .. ':quarantined')
-    quarantine(id, 'task record has an unknown status: ' .. tostring(status), now_ms)
+    quarantine_record(key, id, 'task record has an unknown status: ' .. tostring(status), now_ms)
     return
   end
   if status ~= 'PENDING' or row[2] ~= member then
@@ -85,8 +90,8 @@ local function take(member, score)
   local attempts = tonumber(row[4] or '0')
   local deliveries = tonumber(row[5] or '0')
   if not attempts or not deliveries then
-    redis.call('RENAME', key, key .. ':quarantined')
-    quarantine(id, 'task record has a non-numeric attempts or deliveries field', now_ms)
+    quarantine_record(key, id, 'task record has a non-numeric attempts or deliveries field',
+      now_ms)
     return
   end
   n = n + 1

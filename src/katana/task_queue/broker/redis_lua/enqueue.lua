@@ -11,14 +11,14 @@
 -- With a slot key (a periodic slot, see claim_slot), the tasks are stored only if this call
 -- takes the key (SET NX PX); else nothing is and the last value is 0.
 local now_ms = tonumber(ARGV[2])
+if ARGV[3] ~= '' then
+  check_slot(prefix .. ':slot:' .. ARGV[3], now_ms)
+end
 if ARGV[3] ~= '' and not redis.call('SET', prefix .. ':slot:' .. ARGV[3], '1', 'NX', 'PX',
     tonumber(ARGV[4])) then
   return {quarantined_now, {}, 0}
 end
-ensure_queue_types(now_ms)
-ensure_type(ready_key, 'zset', now_ms)
-ensure_type(delayed_key, 'zset', now_ms)
-ensure_type(all_key, 'zset', now_ms)
+check_queue(now_ms)
 
 -- The id of the unfinished task holding `unique`, if any.
 local function holder(unique)

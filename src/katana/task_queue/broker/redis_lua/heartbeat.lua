@@ -5,12 +5,11 @@
 -- liveness mark lives), then pairs of id, claim_token.
 -- Returns {lost ids, requeued count, quarantined entry/reason pairs, dead ids, ids of held
 -- tasks whose cancellation was requested, how many of the requeued and dead were orphans}.
-ensure_queue_types(tonumber(ARGV[2]))
 local now_ms = tonumber(ARGV[2])
+check_queue(now_ms)
 local lease_ms = tonumber(ARGV[3])
 local max_deliveries = tonumber(ARGV[4])
 local now_s = string.format('%.6f', now_ms / 1000)
-ensure_type(processing_key, 'zset', now_ms)
 local lost_ids = {}
 local cancel_ids = {}
 local alive_ms = tonumber(ARGV[6])
@@ -42,7 +41,7 @@ local function recover(key, id)
     return
   end
   -- Only deliveries that lost their worker count: retries of failed attempts do not.
-  local lost = (tonumber(redis.call('HGET', key, 'lost') or '0') or max_deliveries) + 1
+  local lost = (finite(redis.call('HGET', key, 'lost') or '0') or max_deliveries) + 1
   redis.call('HSET', key, 'lost', lost)
   if lost >= max_deliveries then
     count_transition(key, 'PROCESSING', 'DEAD')
@@ -54,9 +53,9 @@ local function recover(key, id)
   end
   -- Suspect from now on: it may be what killed the worker, so it is claimed alone.
   redis.call('HSET', key, 'status', 'PENDING', 'suspect', 1)
-  local scheduled = tonumber(redis.call('HGET', key, 'scheduled_at')) or (now_ms / 1000)
+  local scheduled = finite(redis.call('HGET', key, 'scheduled_at')) or (now_ms / 1000)
   -- Back at its original due time, so it runs before tasks that arrived after it.
-  place(key, id, tonumber(redis.call('HGET', key, 'priority')) or 0,
+  place(key, id, finite(redis.call('HGET', key, 'priority')) or 0,
     math.min(math.floor(scheduled * 1000), now_ms), now_ms)
   requeued = requeued + 1
 end
@@ -64,13 +63,19 @@ end
 for _, id in ipairs(expired) do
   redis.call('ZREM', processing_key, id)
   local key = task_record(id, id, now_ms)
-  if key and redis.call('HGET', key, 'status') == 'PROCESSING' then
+  local status = key and redis.call('HGET', key, 'status')
+  if status == 'PROCESSING' then
     local owner = redis.call('HGET', key, 'owner')
     if owner then
       redis.pcall('SREM', owned_key(owner), id)  -- a stale id there would be harmless
     end
     redis.call('HDEL', key, 'claim_token', 'owner')
     recover(key, id)
+  elseif key and not STATUSES[status] then
+    quarantine_record(key, id, 'task record has an unknown status: ' .. tostring(status), now_ms)
+  elseif key then
+    -- Every transition out of PROCESSING removes the lease, so this one is stray.
+    quarantine(id, 'stray processing entry for a task in status ' .. status, now_ms)
   end
 end
 
@@ -133,7 +138,6 @@ if ARGV[5] ~= '' then
   local horizon = now_ms - tonumber(ARGV[5])
   for status in pairs(TERMINAL) do
     local set = prefix .. ':finished:' .. status
-    ensure_type(set, 'zset', now_ms) -- garbage there must not stop the heartbeat
     local expired_ids = redis.call('ZRANGEBYSCORE', set, '-inf', horizon, 'LIMIT', 0, 1000)
     for _, id in ipairs(expired_ids) do
       local key = task_key(id)

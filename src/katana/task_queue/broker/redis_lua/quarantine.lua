@@ -1,7 +1,8 @@
 -- Move a task whose record cannot be decoded out of the queue. ARGV: prefix, now_ms, id,
--- reason. The record is renamed aside and a note goes to the quarantine list.
-ensure_queue_types(tonumber(ARGV[2]))
+-- reason. The record is renamed aside and a note goes to the quarantine list. Returns
+-- {quarantined entry/reason pairs, 1}.
 local now_ms = tonumber(ARGV[2])
+check_queue(now_ms)
 local id, reason = ARGV[3], ARGV[4]
 local key = task_key(id)
 redis.call('ZREM', processing_key, id)
@@ -17,4 +18,4 @@ if kind ~= 'none' then
   redis.call('RENAME', key, key .. ':quarantined')
 end
 quarantine(id, reason, now_ms)
-return 1
+return {quarantined_now, 1}

@@ -1,12 +1,13 @@
 -- The seed's update_task_status as one step. ARGV: prefix, now_ms, id, status, lease_ms.
--- Returns 1, -1 for an unknown task, or, when a finished task would be queued again while
--- another unfinished task holds its unique key, the id of that task (and nothing changes).
-ensure_queue_types(tonumber(ARGV[2]))
+-- Returns {quarantined entry/reason pairs, code}: code 1, -1 for an unknown task, or, when a
+-- finished task would be queued again while another unfinished task holds its unique key,
+-- the id of that task (and nothing changes).
 local now_ms = tonumber(ARGV[2])
+check_queue(now_ms)
 local id, status = ARGV[3], ARGV[4]
 local key = task_key(id)
 if redis.call('TYPE', key).ok ~= 'hash' then
-  return -1
+  return {quarantined_now, -1}
 end
 local old = redis.call('HGET', key, 'status')
 local now_s = string.format('%.6f', now_ms / 1000)
@@ -35,7 +36,7 @@ if status == 'PENDING' then
     if unique then
       local held = other_holder(unique)
       if held then
-        return held
+        return {quarantined_now, held}
       end
       redis.call('HSET', unique_key, unique, id)
     end
@@ -49,12 +50,12 @@ if status == 'PENDING' then
     redis.call('HSET', key, 'status', 'PENDING')
     -- A fresh start: no longer suspect, its lost workers forgotten.
     redis.call('HDEL', key, 'claim_token', 'finished_at', 'suspect', 'lost', 'cancel_requested')
-    local scheduled = tonumber(redis.call('HGET', key, 'scheduled_at')) or (now_ms / 1000)
-    place(key, id, tonumber(redis.call('HGET', key, 'priority')) or 0,
+    local scheduled = finite(redis.call('HGET', key, 'scheduled_at')) or (now_ms / 1000)
+    place(key, id, finite(redis.call('HGET', key, 'priority')) or 0,
       math.floor(scheduled * 1000), now_ms)
     redis.call('PUBLISH', wake_channel, 1)
   end
-  return 1
+  return {quarantined_now, 1}
 end
 unplace(key, id)
 count_transition(key, old, status)
@@ -69,4 +70,4 @@ else
     redis.call('HSET', key, 'finished_at', now_s)
   end
 end
-return 1
+return {quarantined_now, 1}
