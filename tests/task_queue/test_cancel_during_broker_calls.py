@@ -20,7 +20,7 @@ from katana.task_queue.models import Task, TaskStatus
 from katana.task_queue.service import TaskQueueService
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from katana.task_queue.broker.base import AbstractBroker
     from katana.task_queue.testing import FakeClock
@@ -152,3 +152,30 @@ async def test_wait_idle_with_work_left_and_no_time_left_raises_at_once(
     async with asyncio.timeout(PROMPT_SECONDS):
         with pytest.raises(TimeoutError):
             await service.wait_idle(timeout=timeout)
+
+
+@pytest.mark.parametrize("call", ["add_task", "get_task", "cancel", "redrive"])
+async def test_a_cancel_during_a_service_call_is_never_lost(
+    service: TaskQueueService, call: str
+) -> None:
+    # Given a stored task, and a service call on it run as a task of its own
+    stored = await service.add_task("record")
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "add_task": lambda: service.add_task("record"),
+        "get_task": lambda: service.get_task(stored.id),
+        "cancel": lambda: service.cancel(stored.id),
+        "redrive": lambda: service.redrive(stored.id),
+    }
+    for _ in range(20):
+        running = asyncio.ensure_future(calls[call]())
+        # When it is cancelled once it is inside the broker call (a broker that never awaits
+        # has finished by then, and the cancel is refused)
+        await asyncio.sleep(0)
+        accepted = running.cancel()
+
+        # Then an accepted cancel is never swallowed: awaiting the call raises it
+        if accepted:
+            with pytest.raises(asyncio.CancelledError):
+                await running
+        else:
+            await running

@@ -202,10 +202,14 @@ class TaskQueueService:
         return created
 
     async def _send(self, tasks: Sequence[Task], store: Awaitable[_T]) -> _T:
-        """Await the broker's ``store`` of ``tasks``, in a ``send`` span while tracing is on."""
+        """Await the broker's ``store`` of ``tasks``, in a ``send`` span while tracing is on.
+
+        A cancel of the caller always raises here (``cancel_safe``), though the store it
+        interrupted may still take effect: retrying with the same ``task_id`` is safe.
+        """
         if tracing.enabled:
-            return await tracing.traced_send(self.broker.queue, tasks, store)
-        return await store
+            store = tracing.traced_send(self.broker.queue, tasks, store)
+        return await cancel_safe(store)
 
     def _new_task(
         self,
@@ -348,7 +352,7 @@ class TaskQueueService:
         already, changes nothing and returns ``False``: of concurrent calls, exactly one
         returns ``True``.
         """
-        return await self.broker.cancel(task_id)
+        return await cancel_safe(self.broker.cancel(task_id))
 
     async def dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
         """FAILED and DEAD tasks (failed for good), most recently finished first."""
@@ -364,10 +368,10 @@ class TaskQueueService:
         retakes its ``unique_key``. Raises ``TaskStateError``, and leaves the task as it is,
         if another unfinished task holds that key.
         """
-        task = await self.broker.get_task(task_id)
+        task = await cancel_safe(self.broker.get_task(task_id))
         if task is None or task.status not in (TaskStatus.FAILED, TaskStatus.DEAD):
             return False
-        await self.broker.update_task_status(task_id, TaskStatus.PENDING)
+        await cancel_safe(self.broker.update_task_status(task_id, TaskStatus.PENDING))
         log_task_event(logging.INFO, "task_redriven", task, "task %s queued again", task_id)
         return True
 
@@ -403,7 +407,7 @@ class TaskQueueService:
 
     async def get_task(self, task_id: str) -> Task | None:
         """The task as the broker has it now, or ``None`` for an unknown id."""
-        return await self.broker.get_task(task_id)
+        return await cancel_safe(self.broker.get_task(task_id))
 
     # -- consuming -----------------------------------------------------------------------
 
