@@ -13,7 +13,8 @@ KatanaError
 ├── Retry                                         raised by an executor: "run me again later"
 └── BrokerError
     ├── BrokerUnavailableError                    the backend cannot be reached
-    └── BrokerClosedError                         the broker was used after close(): a caller bug
+    ├── BrokerClosedError                         the broker was used after close(): a caller bug
+    └── StorageError                              the broker's file is not one it may use
 ```
 """
 
@@ -32,6 +33,7 @@ __all__ = [
     "KatanaError",
     "Retry",
     "ServiceStateError",
+    "StorageError",
     "TaskCancelledError",
     "TaskFailedError",
     "TaskNotFoundError",
@@ -75,6 +77,11 @@ class BrokerUnavailableError(BrokerError):
 
 class BrokerClosedError(BrokerError):
     """The broker was used after ``close()``."""
+
+
+class StorageError(BrokerError):
+    """The broker's storage cannot be used as it is (not a Katana database, a newer schema,
+    no permission); the message names it, and nothing stored there was changed."""
 
 
 class TaskTimeoutError(KatanaError, TimeoutError):
