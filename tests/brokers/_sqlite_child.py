@@ -7,6 +7,8 @@ until killed:
   ``asleep`` once its consumer found nothing and went to sleep; then prints
   ``claimed <id> <token>`` and keeps the task, printing ``cancel <id>`` if asked to cancel it.
 - ``consume``: completes every task it gets, printing ``done <id>`` for each.
+- ``produce``: enqueues tasks one after another, printing ``added <id>`` once each is
+  acknowledged (``enqueue`` returned).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import sys
 
 from katana.task_queue.broker.sqlite import SqliteBroker
+from katana.task_queue.models import Task
 
 
 def say(line: str) -> None:
@@ -27,6 +30,11 @@ async def main(mode: str, path: str, lease_seconds: float) -> None:
     async with SqliteBroker(path, lease_seconds=lease_seconds, safety_look_seconds=3600) as broker:
         broker.add_cancel_listener(lambda task_id: say(f"cancel {task_id}"))
         say("ready")
+        if mode == "produce":
+            while True:
+                task = Task(name="produced")
+                await broker.enqueue(task)
+                say(f"added {task.id}")
         if mode == "hold":
             sleep = broker._sleep
 
@@ -36,15 +44,15 @@ async def main(mode: str, path: str, lease_seconds: float) -> None:
                 await sleep(next_due_us, seen_version)
 
             broker._sleep = sleep_and_say  # type: ignore[method-assign]  # a test's probe
-            task = await broker.dequeue()
-            assert task is not None
-            say(f"claimed {task.id} {task.claim_token}")
+            held = await broker.dequeue()
+            assert held is not None
+            say(f"claimed {held.id} {held.claim_token}")
             await asyncio.Event().wait()
         while True:
-            task = await broker.dequeue()
-            assert task is not None
-            await broker.mark_complete(task.id, None, claim_token=task.claim_token)
-            say(f"done {task.id}")
+            claimed = await broker.dequeue()
+            assert claimed is not None
+            await broker.mark_complete(claimed.id, None, claim_token=claimed.claim_token)
+            say(f"done {claimed.id}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import sys
 from collections import Counter
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from katana.task_queue.broker.sql import SCHEMA_VERSION
 from katana.task_queue.broker.sqlite import SqliteBroker
 from katana.task_queue.models import TaskStatus
 from katana.task_queue.testing import BrokerContract
@@ -18,6 +21,7 @@ from katana.task_queue.testing._support import make_task, wait_for_event
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
+    from katana.task_queue.broker._sqlite_file import Durability
     from katana.task_queue.broker.base import AbstractBroker
     from katana.task_queue.models import Task
 
@@ -276,3 +280,63 @@ async def test_a_waiting_dequeue_is_woken_by_another_broker_on_the_file(db: Path
             claimed = await consumer
         assert claimed is not None
         assert claimed.id == task.id
+
+
+async def test_every_acknowledged_task_survives_a_killed_producer(
+    db: Path, children: Callable[..., Awaitable[Child]]
+) -> None:
+    # Given a process adding tasks as fast as it can
+    child = await children("produce", str(db))
+    acknowledged = [(await child.line()).removeprefix("added ") for _ in range(50)]
+
+    # When it is killed with SIGKILL in the middle of its work
+    child.kill()
+    await child.process.wait()
+    assert child.process.stdout is not None
+    rest = (await child.process.stdout.read()).decode().split()
+    acknowledged += [word for word in rest if word != "added"]
+
+    # Then every task it was told was stored is there (a last line may be cut short)
+    async with SqliteBroker(db) as broker:
+        missing = [
+            task_id
+            for task_id in acknowledged
+            if len(task_id) == 32 and await broker.get_task(task_id) is None
+        ]
+        assert missing == []
+        assert (await broker.count_by_status())[TaskStatus.PENDING] >= len(acknowledged) - 1
+
+
+@pytest.mark.parametrize(("durability", "synchronous"), [("full", 2), ("fast", 1)])
+async def test_durability_sets_how_commits_reach_the_disk(
+    db: Path, durability: Durability, synchronous: int
+) -> None:
+    async with SqliteBroker(db, durability=durability) as broker:
+        loop = asyncio.get_running_loop()
+        setting = await loop.run_in_executor(broker._executor, _pragma, broker, "synchronous")
+
+    assert setting == synchronous  # 2 is FULL, 1 NORMAL
+    with contextlib.closing(sqlite3.connect(db)) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _pragma(broker: SqliteBroker, name: str) -> object:
+    return broker._db._connected().execute(f"PRAGMA {name}").fetchone()[0]
+
+
+def test_an_unknown_durability_is_refused(db: Path) -> None:
+    with pytest.raises(ValueError, match="durability"):
+        SqliteBroker(db, durability="sometimes")  # type: ignore[arg-type]  # on purpose
+
+
+async def test_brokers_starting_together_on_a_new_file_migrate_it_once(db: Path) -> None:
+    brokers = [SqliteBroker(db) for _ in range(8)]
+    try:
+        await asyncio.gather(*(broker.connect() for broker in brokers))
+    finally:
+        for broker in brokers:
+            await broker.close()
+
+    with contextlib.closing(sqlite3.connect(db)) as raw:
+        versions = [row[0] for row in raw.execute("SELECT version FROM katana_schema")]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))

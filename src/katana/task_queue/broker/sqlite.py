@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from ..errors import BrokerClosedError, BrokerError
+from ..errors import BrokerClosedError, BrokerError, StorageError
 from ..listing import check_page
 from ..models import Task, TaskStatus
 from ._sqlite_file import Database, Durability
@@ -278,7 +278,13 @@ class SqliteBroker(AbstractBroker):
         if self._background or self._closing:
             return
         loop = asyncio.get_running_loop()
-        self._wakes.listen(loop, self._on_datagram)
+        try:
+            self._wakes.listen(loop, self._on_datagram)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot listen for wake-ups of SQLite database {self.path} in "
+                f"{self._wakes.folder}: {exc}"
+            ) from exc
         self._background = [
             loop.create_task(self._fetch_loop(), name="katana-sqlite-fetch"),
             loop.create_task(self._heartbeat_loop(), name="katana-sqlite-heartbeat"),
