@@ -7,7 +7,8 @@ import importlib
 import inspect
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qsl
 
 import click
 
@@ -15,13 +16,15 @@ from .broker.memory import InMemoryBroker
 from .service import TaskQueueService
 
 if TYPE_CHECKING:
+    from .broker._sqlite_file import Durability
     from .broker.base import AbstractBroker
 
 __all__ = ["broker_from_url", "load_service"]
 
 
 def broker_from_url(url: str, *, queue: str | None = None) -> AbstractBroker:
-    """A broker for ``url``: ``redis://`` or ``rediss://`` (RedisBroker), ``memory://``."""
+    """A broker for ``url``: ``redis://`` or ``rediss://`` (RedisBroker), ``sqlite:///``
+    (SqliteBroker), ``memory://``."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("redis", "rediss", "unix"):
         from .broker.redis import RedisBroker  # imported here: it needs the [redis] extra
@@ -29,10 +32,33 @@ def broker_from_url(url: str, *, queue: str | None = None) -> AbstractBroker:
         return RedisBroker(url, queue=queue or "default")
     if scheme == "memory":
         return InMemoryBroker()
+    if scheme == "sqlite":
+        from .broker.sqlite import SqliteBroker
+
+        path, durability = _sqlite_target(url)
+        return SqliteBroker(path, queue=queue or "default", durability=durability)
     raise click.BadParameter(
-        f"unsupported broker URL {url!r}: use redis://, rediss:// or memory://",
+        f"unsupported broker URL {url!r}: use redis://, rediss://, sqlite:/// or memory://",
         param_hint="--broker",
     )
+
+
+def _sqlite_target(url: str) -> tuple[str, Durability]:
+    """``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (as SQLAlchemy reads them),
+    optionally with ``?durability=fast``: the file's path and the durability."""
+    rest = url.split("://", 1)[1]
+    target, _, query = rest.partition("?")
+    options = dict(parse_qsl(query))
+    durability = options.pop("durability", "full")
+    if not target.startswith("/") or not target[1:] or options or durability not in _DURABILITY:
+        raise click.BadParameter(
+            f"expected sqlite:///<path>[?durability=full|fast], got {url[:200]!r}",
+            param_hint="--broker",
+        )
+    return target[1:], cast("Durability", durability)
+
+
+_DURABILITY = ("full", "fast")
 
 
 def load_service(target: str) -> TaskQueueService:

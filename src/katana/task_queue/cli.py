@@ -22,7 +22,7 @@ from . import __version__
 from ._admin_cli import ADMIN_COMMANDS
 from ._loading import broker_from_url, load_service
 from ._urls import masked_url
-from .errors import BrokerUnavailableError
+from .errors import BrokerUnavailableError, StorageError
 from .logs import JsonFormatter, TaskContextFilter
 
 if TYPE_CHECKING:
@@ -176,7 +176,13 @@ async def _run_worker(service: TaskQueueService, options: _WorkerOptions) -> int
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     broker = service.broker
-    if not await _connect(broker, stop):
+    try:
+        connected = await _connect(broker, stop)
+    except StorageError as exc:  # a file the broker must not use: waiting will not mend it
+        click.echo(f"Error: {exc}", err=True)
+        await broker.close()
+        return 2
+    if not connected:
         await broker.close()
         return 0
     service.start_workers(options.concurrency)

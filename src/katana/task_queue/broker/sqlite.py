@@ -105,6 +105,8 @@ class SqliteBroker(AbstractBroker):
         if max_deliveries < 1:
             raise ValueError(f"max_deliveries must be at least 1, got {max_deliveries!r}")
         self.path = os.fspath(path)
+        #: As ``katana worker --broker`` takes it (``sqlite:////abs.db`` for an absolute path).
+        self.url = f"sqlite:///{self.path}"
         self.queue = queue
         self.durability = durability
         self.lease_seconds = float(lease_seconds)
