@@ -183,3 +183,24 @@ def test_a_database_in_a_read_only_folder_is_refused_and_kept(read_only: Path) -
 async def _store_one(path: Path) -> None:
     async with SqliteBroker(path) as broker:
         await broker.enqueue(make_task())
+
+
+async def test_a_row_that_holds_no_task_is_a_storage_error_not_a_hang(tmp_path: Path) -> None:
+    # Given a due task whose payload was overwritten by hand with something not JSON
+    path = tmp_path / "katana.db"
+    async with SqliteBroker(path) as broker:
+        task = make_task()
+        await broker.enqueue(task)
+        with contextlib.closing(sqlite3.connect(path)) as raw:
+            raw.execute("UPDATE katana_tasks SET payload = '{not json' WHERE id = ?", (task.id,))
+            raw.commit()
+
+        # When consumers ask for it, Then they are told what is wrong, naming the file
+        with pytest.raises(StorageError, match=rf"{path}.*{task.id}.*malformed"):
+            await broker.dequeue(timeout=0)
+        async with asyncio.timeout(10):
+            with pytest.raises(StorageError, match="malformed"):
+                await broker.dequeue()
+
+    # And the row is left as it was, for a person to look at
+    assert _rows(path) == [(task.id, "PENDING")]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from ..errors import BrokerUnavailableError, StorageError
 from .sql import MIGRATIONS, SCHEMA_VERSION
+from .sql._codec import MalformedRowError
 from .sql._schema import VERSION_TABLE
 
 if TYPE_CHECKING:
@@ -173,6 +174,8 @@ class Database:
                 raise
         except sqlite3.Error as exc:
             raise self.translate(exc) from exc
+        except MalformedRowError as exc:  # rolled back: the row stays for a person to look at
+            raise StorageError(f"SQLite database {self.path}: {exc}") from exc
         return result
 
     def data_version(self) -> int:

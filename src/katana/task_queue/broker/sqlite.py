@@ -347,7 +347,12 @@ class SqliteBroker(AbstractBroker):
                 claimed, next_due = await self._claim(min(waiting, self._claim_batch))
                 if not claimed:
                     seen_version = await self._data_version()
-            except BrokerError as exc:
+            except StorageError as exc:  # e.g. a row it cannot read: the claim was rolled back
+                logger.error("claiming failed: %s", exc, extra={"katana_event": "broker_error"})
+                self._fail_waiters(exc)  # waiting would not mend it
+                await self._back_off()
+                continue
+            except BrokerError as exc:  # e.g. the file stayed locked: waiting may mend it
                 if self._stopping():
                     return
                 logger.warning(
@@ -355,14 +360,27 @@ class SqliteBroker(AbstractBroker):
                     exc,
                     extra={"katana_event": "broker_error"},
                 )
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_BACKOFF_SECONDS):
-                        await self._wake.wait()
+                await self._back_off()
+                continue
+            except Exception as exc:  # a bug: the consumers hear of it rather than hang
+                logger.exception("claiming failed", extra={"katana_event": "broker_error"})
+                self._fail_waiters(BrokerError(f"claiming failed: {exc!r}"))
+                await self._back_off()
                 continue
             for task in claimed:
                 self._deliver(task)
             if not claimed:
                 await self._sleep(next_due, seen_version)
+
+    def _fail_waiters(self, exc: BrokerError) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+    async def _back_off(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_BACKOFF_SECONDS):
+                await self._wake.wait()
 
     async def _sleep(self, next_due_us: int | None, seen_version: int | None) -> None:
         """Until woken, the next task is due, or the safety look finds another commit."""
@@ -528,6 +546,8 @@ class SqliteBroker(AbstractBroker):
                     exc,
                     extra={"katana_event": "broker_error"},
                 )
+            except Exception:  # the heartbeat must outlive a bad row: leases depend on it
+                logger.exception("heartbeat failed", extra={"katana_event": "broker_error"})
 
     async def heartbeat(self) -> None:
         """Renew this broker's leases, recover expired ones of any process, prune old tasks.

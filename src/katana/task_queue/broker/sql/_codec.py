@@ -9,7 +9,19 @@ import orjson
 
 from ...models import Task, TaskStatus
 
-__all__ = ["TASK_COLUMNS", "decode_task", "encode_task", "from_us", "to_us"]
+__all__ = [
+    "TASK_COLUMNS",
+    "MalformedRowError",
+    "decode_task",
+    "encode_task",
+    "from_us",
+    "to_us",
+]
+
+
+class MalformedRowError(ValueError):
+    """A stored row does not hold a task (written by hand, or by a broken program)."""
+
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -66,7 +78,14 @@ def encode_task(task: Task) -> tuple[Any, ...]:
 
 
 def decode_task(row: tuple[Any, ...]) -> Task:
-    """The ``Task`` a row of ``TASK_COLUMNS`` holds."""
+    """The ``Task`` a row of ``TASK_COLUMNS`` holds; ``MalformedRowError`` if it holds none."""
+    try:
+        return _decode(row)
+    except (TypeError, ValueError, OverflowError) as exc:  # orjson's errors are ValueErrors
+        raise MalformedRowError(f"task row {str(row[0])[:100]!r} is malformed: {exc}") from exc
+
+
+def _decode(row: tuple[Any, ...]) -> Task:
     task = Task(name=row[1])
     task.id = row[0]
     task.payload = orjson.loads(row[2])
