@@ -340,3 +340,45 @@ async def test_brokers_starting_together_on_a_new_file_migrate_it_once(db: Path)
     with contextlib.closing(sqlite3.connect(db)) as raw:
         versions = [row[0] for row in raw.execute("SELECT version FROM katana_schema")]
     assert versions == list(range(1, SCHEMA_VERSION + 1))
+
+
+async def test_a_killed_process_tasks_come_back_long_before_its_leases_expire(
+    db: Path, children: Callable[..., Awaitable[Child]]
+) -> None:
+    # Given a task held by another process under a lease of a minute
+    async with SqliteBroker(db, lease_seconds=60) as broker:
+        child = await children("hold", str(db), "60")
+        assert await child.line() == "asleep"
+        await broker.enqueue(make_task())
+        _, task_id, token = (await child.line()).split()
+
+        # When that process is killed with SIGKILL
+        child.kill()
+        await child.process.wait()
+
+        # Then its wake-up socket refuses the next presence probe, and the task is back in
+        # seconds, not a minute
+        again = await broker.dequeue(timeout=10)
+        assert again is not None
+        assert (again.id, again.attempts) == (task_id, 2)
+        assert not await broker.mark_complete(task_id, "late", claim_token=token)
+
+
+async def test_a_live_process_keeps_its_tasks(
+    db: Path, children: Callable[..., Awaitable[Child]]
+) -> None:
+    # Given a task held by another process that is alive, under a lease of a minute
+    async with SqliteBroker(db, lease_seconds=60, heartbeat_seconds=0.1) as broker:
+        child = await children("hold", str(db), "60")
+        assert await child.line() == "asleep"
+        await broker.enqueue(make_task())
+        _, task_id, token = (await child.line()).split()
+
+        # When this process's heartbeat and presence look run several times
+        for _ in range(3):
+            await broker.heartbeat(await broker._dead_owners())
+
+        # Then the task stays with its owner
+        stored = await broker.get_task(task_id)
+        assert stored is not None
+        assert (stored.status, stored.claim_token) == (TaskStatus.PROCESSING, token)

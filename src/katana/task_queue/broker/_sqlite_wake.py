@@ -6,6 +6,10 @@ cancels a running task sends one datagram to every socket there. A socket whose 
 refuses it (``ECONNREFUSED``) and is removed. A full receive buffer means that process has
 wake-ups waiting already, so the datagram is dropped. Only processes on one host share a
 SQLite file, so this reaches every consumer.
+
+The socket doubles as the process's presence: claims record its name as their owner, and a
+process whose socket refuses a probe (``is_alive``) is dead, so its claims need not wait for
+their leases to expire.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class WakeSockets:
     def __init__(self, db_path: str) -> None:
         self.folder = wake_folder(db_path)
         self._own: str | None = None
+        #: This broker's name among the sockets (``<pid>-<random>``), once it listens.
+        self.name: str | None = None
         self._socket: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sender: socket.socket | None = None
@@ -66,11 +72,12 @@ class WakeSockets:
         if self._socket is not None:
             return
         os.makedirs(self.folder, exist_ok=True)
-        path = os.path.join(self.folder, f"{os.getpid()}-{os.urandom(4).hex()}.sock")
+        name = f"{os.getpid()}-{os.urandom(4).hex()}"
+        path = os.path.join(self.folder, f"{name}.sock")
         receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         receiver.setblocking(False)
         receiver.bind(path)
-        self._socket, self._own, self._loop = receiver, path, loop
+        self._socket, self._own, self._loop, self.name = receiver, path, loop, name
 
         def drain() -> None:
             for _ in range(_DRAIN):
@@ -82,16 +89,32 @@ class WakeSockets:
 
         loop.add_reader(receiver.fileno(), drain)
 
-    def send(self, message: bytes) -> None:
-        """One datagram to every other socket in the folder; never blocks, never raises."""
+    def is_alive(self, name: str, probe: bytes) -> bool:
+        """Whether the broker listening as ``name`` still runs: its socket takes ``probe``."""
+        if name == self.name:
+            return True
+        try:
+            self._sending().sendto(probe, os.path.join(self.folder, f"{name}.sock"))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:  # a full buffer, say: it lives
+            return True
+        return True
+
+    def _sending(self) -> socket.socket:
         if self._sender is None:
             self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sender.setblocking(False)
+        return self._sender
+
+    def send(self, message: bytes) -> None:
+        """One datagram to every other socket in the folder; never blocks, never raises."""
+        sender = self._sending()
         for peer in self._list_peers():
             if peer == self._own:
                 continue
             try:
-                self._sender.sendto(message, peer)
+                sender.sendto(message, peer)
             except (ConnectionRefusedError, FileNotFoundError):
                 with contextlib.suppress(OSError):  # its process is gone: forget the socket
                     os.unlink(peer)
@@ -122,7 +145,7 @@ class WakeSockets:
         if self._own is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._own)
-            self._own = None
+            self._own = self.name = None
         if self._sender is not None:
             self._sender.close()
             self._sender = None

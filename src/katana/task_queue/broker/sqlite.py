@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _WAKE = b"w"
 _CANCEL = b"c"  # followed by the task id
+_PROBE = b"p"  # "are you there?": a socket that refuses it belongs to a dead process
+#: How often a consuming process checks that the processes holding claims still run.
+_PRESENCE_SECONDS = 1.0
 _BACKOFF_SECONDS = 0.5
 
 
@@ -184,6 +187,8 @@ class SqliteBroker(AbstractBroker):
         self._wakes.send(message)
 
     def _on_datagram(self, message: bytes) -> None:
+        if message == _PROBE:
+            return
         if message.startswith(_CANCEL):
             self._cancel_requested(message[len(_CANCEL) :].decode(errors="replace"))
         self._wake.set()
@@ -308,6 +313,7 @@ class SqliteBroker(AbstractBroker):
                 self._now_us(),
                 int(self.lease_seconds * 1_000_000),
                 token_prefix,
+                self._wakes.name,
             ),
         )
         job.add_done_callback(partial(self._settle_claim, batch))
@@ -536,10 +542,18 @@ class SqliteBroker(AbstractBroker):
     # -- leases --------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        """Every ``heartbeat_seconds`` a heartbeat; every second in between, a look at whether
+        the processes holding claims still run, and a heartbeat at once if one does not."""
+        loop = asyncio.get_running_loop()
+        tick = min(self.heartbeat_seconds, _PRESENCE_SECONDS)
+        beat_at = loop.time() + self.heartbeat_seconds
         while not self._closing:
-            await asyncio.sleep(self.heartbeat_seconds)
+            await asyncio.sleep(tick)
             try:
-                await self.heartbeat()
+                dead = await self._dead_owners()
+                if dead or loop.time() >= beat_at:
+                    beat_at = loop.time() + self.heartbeat_seconds
+                    await self.heartbeat(dead)
             except BrokerError as exc:
                 logger.warning(
                     "heartbeat failed (%s); leases of this process may expire",
@@ -549,10 +563,17 @@ class SqliteBroker(AbstractBroker):
             except Exception:  # the heartbeat must outlive a bad row: leases depend on it
                 logger.exception("heartbeat failed", extra={"katana_event": "broker_error"})
 
-    async def heartbeat(self) -> None:
-        """Renew this broker's leases, recover expired ones of any process, prune old tasks.
+    async def _dead_owners(self) -> list[str]:
+        """The processes holding claims whose wake-up socket refuses a probe: gone."""
+        owners = await self._read(steps.owners(self.queue))
+        return [owner for owner in owners if not self._wakes.is_alive(owner, _PROBE)]
 
-        Runs by itself every ``heartbeat_seconds`` once this broker consumes.
+    async def heartbeat(self, dead_owners: Sequence[str] = ()) -> None:
+        """Renew this broker's leases, recover expired ones of any process (and at once the
+        claims of ``dead_owners``), prune old tasks.
+
+        Runs by itself every ``heartbeat_seconds`` once this broker consumes, and as soon as
+        a process holding claims is found gone.
         """
         held = list(self._held.items())
         ttl = self.result_ttl_seconds
@@ -564,6 +585,7 @@ class SqliteBroker(AbstractBroker):
                 int(self.lease_seconds * 1_000_000),
                 self.max_deliveries,
                 None if ttl is None else int(ttl * 1_000_000),
+                dead_owners,
             )
         )
         tokens = dict(held)

@@ -20,7 +20,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             seq BIGINT NOT NULL DEFAULT 0
         )""",
         # Instants are microseconds since the epoch. lease_until: when a PROCESSING task's
-        # claim expires unless renewed; lost: deliveries whose worker stopped renewing it.
+        # claim expires unless renewed; lost: deliveries whose worker stopped renewing it;
+        # owner: the process (its presence name) that claimed it last.
         """CREATE TABLE katana_tasks (
             queue TEXT NOT NULL,
             id TEXT NOT NULL,
@@ -48,6 +49,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             lease_until BIGINT,
             cancel_requested INTEGER NOT NULL DEFAULT 0,
             lost INTEGER NOT NULL DEFAULT 0,
+            owner TEXT,
             PRIMARY KEY (queue, id)
         )""",
         # The claim reads this index in run order.

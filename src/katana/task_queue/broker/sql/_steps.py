@@ -8,7 +8,7 @@ unique key because the holder lookup reads only unfinished tasks.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -34,6 +34,7 @@ __all__ = [
     "extend_lease",
     "heartbeat",
     "next_seq",
+    "owners",
     "set_progress",
     "set_status",
 ]
@@ -141,9 +142,10 @@ def claim_slot(queue: str, key: str, ttl_us: int, now_us: int) -> Steps[bool]:
 
 
 def claim(
-    queue: str, count: int, now_us: int, lease_us: int, token_prefix: str
+    queue: str, count: int, now_us: int, lease_us: int, token_prefix: str, owner: str | None
 ) -> Steps[tuple[list[Task], int | None]]:
-    """Claim up to ``count`` due tasks in run order; returns them and the next due time.
+    """Claim up to ``count`` due tasks in run order for ``owner``; returns them and the next
+    due time.
 
     The next due time (of the first PENDING task, due or not) is ``None`` when there is none
     or the queue is paused. Each claim token is ``token_prefix`` and the task's arrival number.
@@ -155,13 +157,13 @@ def claim(
     if count > 0:
         rows = yield Statement(
             "UPDATE katana_tasks SET status = 'PROCESSING', attempts = attempts + 1,"
-            " started_at = ?, finished_at = NULL, lease_until = ?,"
+            " started_at = ?, finished_at = NULL, lease_until = ?, owner = ?,"
             " claim_token = ? || CAST(seq AS TEXT)"
             " WHERE queue = ? AND id IN (SELECT id FROM katana_tasks WHERE queue = ?"
             " AND status = 'PENDING' AND scheduled_at <= ?"
             " ORDER BY priority, scheduled_at, seq LIMIT ?)"
             f" RETURNING {TASK_COLUMNS}, seq",
-            (now_us, now_us + lease_us, token_prefix, queue, queue, now_us + 1, count),
+            (now_us, now_us + lease_us, owner, token_prefix, queue, queue, now_us + 1, count),
         )
         # RETURNING gives no order: put them back in run order.
         rows.sort(key=lambda row: (row[3], row[5], row[-1]))
@@ -367,8 +369,16 @@ def heartbeat(
     lease_us: int,
     max_deliveries: int,
     ttl_us: int | None,
+    dead_owners: Sequence[str] = (),
 ) -> Steps[Beat]:
-    """Renew the ``held`` (id, token) claims; recover expired leases of any process; prune."""
+    """Renew the ``held`` (id, token) claims; recover expired leases of any process, and the
+    claims of ``dead_owners`` (processes known to be gone) at once; prune."""
+    for owner in dead_owners:
+        yield Statement(
+            "UPDATE katana_tasks SET lease_until = ? WHERE queue = ? AND status = 'PROCESSING'"
+            " AND owner = ?",
+            (now_us, queue, owner),
+        )
     lost, cancel_requested = [], []
     for task_id, token in held:
         rows = yield Statement(
@@ -427,8 +437,19 @@ def claim_with_outcomes(
     now_us: int,
     lease_us: int,
     token_prefix: str,
+    owner: str | None,
 ) -> Steps[tuple[list[int], list[Task], int | None]]:
     """Record ``outcomes`` and claim up to ``count`` tasks, in one transaction."""
     codes = (yield from apply_outcomes(queue, outcomes, now_us)) if outcomes else []
-    tasks, next_due = yield from claim(queue, count, now_us, lease_us, token_prefix)
+    tasks, next_due = yield from claim(queue, count, now_us, lease_us, token_prefix, owner)
     return codes, tasks, next_due
+
+
+def owners(queue: str) -> Steps[list[str]]:
+    """The processes holding claims: whose presence to check."""
+    rows = yield Statement(
+        "SELECT DISTINCT owner FROM katana_tasks WHERE queue = ? AND status = 'PROCESSING'"
+        " AND owner IS NOT NULL",
+        (queue,),
+    )
+    return [owner for (owner,) in rows]
