@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import sys
 from collections import Counter
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from katana.task_queue.broker._sqlite_wake import wake_folder
 from katana.task_queue.broker.sql import SCHEMA_VERSION
 from katana.task_queue.broker.sqlite import SqliteBroker
 from katana.task_queue.models import TaskStatus
@@ -362,6 +364,8 @@ async def test_a_killed_process_tasks_come_back_long_before_its_leases_expire(
         assert again is not None
         assert (again.id, again.attempts) == (task_id, 2)
         assert not await broker.mark_complete(task_id, "late", claim_token=token)
+        # and the dead process's socket is gone, its claims recovered
+        assert not any(name.startswith(f"{child.process.pid}-") for name in _sockets(db))
 
 
 async def test_a_live_process_keeps_its_tasks(
@@ -382,3 +386,7 @@ async def test_a_live_process_keeps_its_tasks(
         stored = await broker.get_task(task_id)
         assert stored is not None
         assert (stored.status, stored.claim_token) == (TaskStatus.PROCESSING, token)
+
+
+def _sockets(db: Path) -> list[str]:
+    return os.listdir(wake_folder(str(db)))

@@ -2,14 +2,15 @@
 
 Each consuming broker binds a Unix datagram socket in a folder beside the database,
 ``<db>.wake/<pid>-<random>.sock``; whoever makes a task due (enqueue, requeue, resume) or
-cancels a running task sends one datagram to every socket there. A socket whose process died
-refuses it (``ECONNREFUSED``) and is removed. A full receive buffer means that process has
-wake-ups waiting already, so the datagram is dropped. Only processes on one host share a
-SQLite file, so this reaches every consumer.
+cancels a running task sends one datagram to every socket there. A full receive buffer means
+that process has wake-ups waiting already, so the datagram is dropped. Only processes on one
+host share a SQLite file, so this reaches every consumer.
 
-The socket doubles as the process's presence: claims record its name as their owner, and a
-process whose socket refuses a probe (``is_alive``) is dead, so its claims need not wait for
-their leases to expire.
+The socket doubles as the process's presence: claims record its name as their owner. A socket
+that refuses a datagram (``ECONNREFUSED``) belongs to a process that died without closing its
+broker; consumers probe the sockets (``dead_peers``), recover the claims of the dead and only
+then remove their sockets (``forget``). A socket that is missing is not taken for a death
+(someone may have cleaned the folder): those claims wait for their leases.
 """
 
 from __future__ import annotations
@@ -89,17 +90,26 @@ class WakeSockets:
 
         loop.add_reader(receiver.fileno(), drain)
 
-    def is_alive(self, name: str, probe: bytes) -> bool:
-        """Whether the broker listening as ``name`` still runs: its socket takes ``probe``."""
-        if name == self.name:
-            return True
-        try:
-            self._sending().sendto(probe, os.path.join(self.folder, f"{name}.sock"))
-        except (ConnectionRefusedError, FileNotFoundError):
-            return False
-        except OSError:  # a full buffer, say: it lives
-            return True
-        return True
+    def dead_peers(self, probe: bytes) -> list[str]:
+        """The names of the sockets in the folder that refuse ``probe``: their processes died."""
+        dead = []
+        sender = self._sending()
+        for peer in self._list_peers():
+            if peer == self._own:
+                continue
+            try:
+                sender.sendto(probe, peer)
+            except ConnectionRefusedError:
+                dead.append(os.path.basename(peer).removesuffix(".sock"))
+            except OSError:  # gone meanwhile, or a full buffer: not known to be dead
+                continue
+        return dead
+
+    def forget(self, name: str) -> None:
+        """Remove the socket of a dead process, once its claims were recovered."""
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.folder, f"{name}.sock"))
+        self._listed_at = None
 
     def _sending(self) -> socket.socket:
         if self._sender is None:
@@ -116,8 +126,7 @@ class WakeSockets:
             try:
                 sender.sendto(message, peer)
             except (ConnectionRefusedError, FileNotFoundError):
-                with contextlib.suppress(OSError):  # its process is gone: forget the socket
-                    os.unlink(peer)
+                continue  # its process is gone: a consumer recovers its claims (dead_peers)
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
                     logger.debug("cannot wake %s: %s", peer, exc)

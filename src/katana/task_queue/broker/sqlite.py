@@ -53,7 +53,7 @@ _T = TypeVar("_T")
 _WAKE = b"w"
 _CANCEL = b"c"  # followed by the task id
 _PROBE = b"p"  # "are you there?": a socket that refuses it belongs to a dead process
-#: How often a consuming process checks that the processes holding claims still run.
+#: How often a consuming process checks that the other processes on the file still run.
 _PRESENCE_SECONDS = 1.0
 _BACKOFF_SECONDS = 0.5
 
@@ -543,7 +543,7 @@ class SqliteBroker(AbstractBroker):
 
     async def _heartbeat_loop(self) -> None:
         """Every ``heartbeat_seconds`` a heartbeat; every second in between, a look at whether
-        the processes holding claims still run, and a heartbeat at once if one does not."""
+        the other processes on the file still run, and a heartbeat at once if one does not."""
         loop = asyncio.get_running_loop()
         tick = min(self.heartbeat_seconds, _PRESENCE_SECONDS)
         beat_at = loop.time() + self.heartbeat_seconds
@@ -564,9 +564,8 @@ class SqliteBroker(AbstractBroker):
                 logger.exception("heartbeat failed", extra={"katana_event": "broker_error"})
 
     async def _dead_owners(self) -> list[str]:
-        """The processes holding claims whose wake-up socket refuses a probe: gone."""
-        owners = await self._read(steps.owners(self.queue))
-        return [owner for owner in owners if not self._wakes.is_alive(owner, _PROBE)]
+        """The processes whose wake-up socket refuses a probe: they died holding it open."""
+        return self._wakes.dead_peers(_PROBE)
 
     async def heartbeat(self, dead_owners: Sequence[str] = ()) -> None:
         """Renew this broker's leases, recover expired ones of any process (and at once the
@@ -588,6 +587,8 @@ class SqliteBroker(AbstractBroker):
                 dead_owners,
             )
         )
+        for owner in dead_owners:  # its claims are recovered: nobody needs its socket now
+            self._wakes.forget(owner)
         tokens = dict(held)
         for task_id in beat.lost:
             if self._held.get(task_id) != tokens[task_id]:

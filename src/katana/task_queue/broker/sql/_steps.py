@@ -34,7 +34,6 @@ __all__ = [
     "extend_lease",
     "heartbeat",
     "next_seq",
-    "owners",
     "set_progress",
     "set_status",
 ]
@@ -443,13 +442,3 @@ def claim_with_outcomes(
     codes = (yield from apply_outcomes(queue, outcomes, now_us)) if outcomes else []
     tasks, next_due = yield from claim(queue, count, now_us, lease_us, token_prefix, owner)
     return codes, tasks, next_due
-
-
-def owners(queue: str) -> Steps[list[str]]:
-    """The processes holding claims: whose presence to check."""
-    rows = yield Statement(
-        "SELECT DISTINCT owner FROM katana_tasks WHERE queue = ? AND status = 'PROCESSING'"
-        " AND owner IS NOT NULL",
-        (queue,),
-    )
-    return [owner for (owner,) in rows]
