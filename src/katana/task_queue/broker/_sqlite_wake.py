@@ -72,12 +72,20 @@ class WakeSockets:
         """Bind this broker's socket and call ``on_message`` for every datagram it gets."""
         if self._socket is not None:
             return
-        os.makedirs(self.folder, exist_ok=True)
         name = f"{os.getpid()}-{os.urandom(4).hex()}"
         path = os.path.join(self.folder, f"{name}.sock")
         receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         receiver.setblocking(False)
-        receiver.bind(path)
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            try:
+                receiver.bind(path)
+            except FileNotFoundError:  # the last one out removed the folder just now
+                os.makedirs(self.folder, exist_ok=True)
+                receiver.bind(path)
+        except OSError:
+            receiver.close()
+            raise
         self._socket, self._own, self._loop, self.name = receiver, path, loop, name
 
         def drain() -> None:
@@ -155,6 +163,8 @@ class WakeSockets:
             with contextlib.suppress(OSError):
                 os.unlink(self._own)
             self._own = self.name = None
+            with contextlib.suppress(OSError):  # the last one out: no empty folder left behind
+                os.rmdir(self.folder)
         if self._sender is not None:
             self._sender.close()
             self._sender = None
