@@ -37,6 +37,7 @@ from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
 from .sql import Outcome, from_us, to_us
 from .sql import _reads as reads
 from .sql import _steps as steps
+from .sql._outcomes import Batch, OutcomeQueue
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -132,8 +133,7 @@ class SqliteBroker(AbstractBroker):
         self._waiters: deque[asyncio.Future[Task]] = deque()
         # The claims this broker holds (id -> claim token), which its heartbeat renews.
         self._held: dict[str, str] = {}
-        self._outcomes: list[tuple[Outcome, asyncio.Future[bool]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._outcomes = OutcomeQueue(self._write_outcomes, self._notify)
         self._wake = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._cancel_listeners: list[Callable[[str], None]] = []
@@ -206,7 +206,7 @@ class SqliteBroker(AbstractBroker):
             if not waiter.done():
                 waiter.set_exception(BrokerClosedError(f"{self!r} closed while waiting"))
         with contextlib.suppress(BrokerError):
-            await self._flush_outcomes()  # tasks handed back included
+            await self._outcomes.flush()  # tasks handed back included
         self._closed = True
         self._wakes.close()
         loop = asyncio.get_running_loop()
@@ -302,7 +302,7 @@ class SqliteBroker(AbstractBroker):
 
         If the caller is cancelled meanwhile, what the transaction claimed goes back.
         """
-        batch, self._outcomes = self._outcomes, []
+        batch = self._outcomes.take()
         token_prefix = f"{os.urandom(6).hex()}:"
         job = self._submit_job(
             self._db.write,
@@ -324,12 +324,12 @@ class SqliteBroker(AbstractBroker):
             raise
         return claimed, next_due
 
-    def _settle_claim(self, batch: list[tuple[Outcome, asyncio.Future[bool]]], job: Any) -> None:
+    def _settle_claim(self, batch: Batch, job: Any) -> None:
         if job.cancelled() or job.exception() is not None:
-            self._settle(batch, job.exception() or BrokerError("claim interrupted"))
+            self._outcomes.settle(batch, job.exception() or BrokerError("claim interrupted"))
             return
         codes, claimed, _ = job.result()
-        self._settle(batch, codes)
+        self._outcomes.settle(batch, codes)
         for task in claimed:
             self._held[task.id] = task.claim_token
 
@@ -415,47 +415,11 @@ class SqliteBroker(AbstractBroker):
     def _submit(self, outcome: Outcome) -> asyncio.Future[bool]:
         """Queue ``outcome``: written with the next claim, or else on the next loop turn."""
         self._ensure_open()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        self._outcomes.append((outcome, future))
         self._held.pop(outcome.task_id, None)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush_outcomes())
-        return future
+        return self._outcomes.submit(outcome)
 
-    async def _flush_outcomes(self) -> None:
-        while self._outcomes:
-            batch, self._outcomes = self._outcomes, []
-            job = self._submit_job(
-                self._db.write,
-                steps.apply_outcomes(self.queue, [o for o, _ in batch], self._now_us()),
-            )
-            job.add_done_callback(partial(self._settle_job, batch))
-            await asyncio.wait((job,))
-
-    def _settle_job(self, batch: list[tuple[Outcome, asyncio.Future[bool]]], job: Any) -> None:
-        if job.cancelled() or job.exception() is not None:
-            self._settle(batch, job.exception() or BrokerError("write interrupted"))
-        else:
-            self._settle(batch, job.result())
-
-    def _settle(
-        self, batch: list[tuple[Outcome, asyncio.Future[bool]]], codes: list[int] | BaseException
-    ) -> None:
-        """Resolve the outcomes' futures: True, False (claim lost) or KeyError (unknown)."""
-        requeued = False
-        for index, (outcome, future) in enumerate(batch):
-            if future.done():
-                continue
-            if isinstance(codes, BaseException):
-                future.set_exception(codes)
-            elif codes[index] < 0:
-                future.set_exception(KeyError(outcome.task_id))
-            else:
-                future.set_result(codes[index] == 1)
-                requeued |= codes[index] == 1 and outcome.op in ("requeue", "release")
-        if requeued:
-            self._notify()
+    async def _write_outcomes(self, outcomes: list[Outcome]) -> list[int]:
+        return await self._write(steps.apply_outcomes(self.queue, outcomes, self._now_us()))
 
     def complete_soon(
         self, task_id: str, result: Any = None, *, claim_token: str | None = None
