@@ -7,6 +7,7 @@ import contextlib
 import os
 import sqlite3
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -390,3 +391,27 @@ async def test_a_live_process_keeps_its_tasks(
 
 def _sockets(db: Path) -> list[str]:
     return os.listdir(wake_folder(str(db)))
+
+
+async def test_a_write_that_ends_after_close_leaves_no_socket_open(db: Path) -> None:
+    # Given an enqueue held up in the broker's thread
+    broker = SqliteBroker(db)
+    await broker.connect()
+    gate = threading.Event()
+    broker._executor.submit(gate.wait)
+    adding = asyncio.create_task(broker.enqueue(make_task()))
+
+    # When the broker closes meanwhile, and only then the enqueue ends
+    closing = asyncio.create_task(broker.close())
+    for _ in range(100):
+        if broker._closed:
+            break
+        await asyncio.sleep(0)
+    assert broker._closed
+    gate.set()
+    async with asyncio.timeout(10):
+        await adding
+        await closing
+
+    # Then its wake-up was not sent through a socket opened after close (and never closed)
+    assert broker._wakes._sender is None

@@ -67,6 +67,7 @@ class WakeSockets:
         self._peers: list[str] = []
         self._listed_at: int | None = None  # the folder's mtime when _peers was read
         self._read_at = 0.0
+        self._closed = False
 
     def listen(self, loop: asyncio.AbstractEventLoop, on_message: Callable[[bytes], None]) -> None:
         """Bind this broker's socket and call ``on_message`` for every datagram it gets."""
@@ -100,7 +101,9 @@ class WakeSockets:
 
     def dead_peers(self, probe: bytes) -> list[str]:
         """The names of the sockets in the folder that refuse ``probe``: their processes died."""
-        dead = []
+        dead: list[str] = []
+        if self._closed:
+            return dead
         sender = self._sending()
         for peer in self._list_peers():
             if peer == self._own:
@@ -120,6 +123,8 @@ class WakeSockets:
         self._listed_at = None
 
     def _sending(self) -> socket.socket:
+        if self._closed:  # e.g. an outcome settled after close(): nobody to tell any more
+            raise BrokenPipeError("closed")
         if self._sender is None:
             self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sender.setblocking(False)
@@ -127,6 +132,8 @@ class WakeSockets:
 
     def send(self, message: bytes) -> None:
         """One datagram to every other socket in the folder; never blocks, never raises."""
+        if self._closed:
+            return
         sender = self._sending()
         for peer in self._list_peers():
             if peer == self._own:
@@ -154,6 +161,7 @@ class WakeSockets:
         return self._peers
 
     def close(self) -> None:
+        self._closed = True
         if self._socket is not None:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(self._socket.fileno())
