@@ -230,14 +230,15 @@ class SqliteBroker(AbstractBroker):
         return holder
 
     async def enqueue_in_slot(self, task: Task, key: str, ttl_seconds: float) -> bool:
-        ttl_us = _ttl_us(ttl_seconds)
-        took = await self._write(_in_slot(self.queue, task, key, ttl_us, self._now_us()))
+        ttl_us = steps.slot_ttl_us(ttl_seconds)
+        job = steps.enqueue_in_slot(self.queue, task, key, ttl_us, self._now_us())
+        took = await self._write(job)
         if took:
             self._notify()
         return took
 
     async def claim_slot(self, key: str, ttl_seconds: float) -> bool:
-        ttl_us = _ttl_us(ttl_seconds)
+        ttl_us = steps.slot_ttl_us(ttl_seconds)
         return await self._write(steps.claim_slot(self.queue, key, ttl_us, self._now_us()))
 
     # -- claiming ------------------------------------------------------------------------
@@ -621,23 +622,6 @@ class SqliteBroker(AbstractBroker):
         if code < 0:
             raise KeyError(task_id)
         return code == 1
-
-
-def _in_slot(queue: str, task: Task, key: str, ttl_us: int, now_us: int) -> Steps[bool]:
-    """The slot key and the task, or neither: one transaction."""
-    if not (yield from steps.claim_slot(queue, key, ttl_us, now_us)):
-        return False
-    if task.unique_key:
-        yield from steps.enqueue_unique(queue, task)
-    else:
-        yield from steps.enqueue(queue, [task])
-    return True
-
-
-def _ttl_us(ttl_seconds: float) -> int:
-    if not ttl_seconds > 0:
-        raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
-    return max(1, round(ttl_seconds * 1_000_000))
 
 
 def _retrieve(future: asyncio.Future[bool]) -> None:

@@ -30,12 +30,14 @@ __all__ = [
     "claim_with_outcomes",
     "delete_task",
     "enqueue",
+    "enqueue_in_slot",
     "enqueue_unique",
     "extend_lease",
     "heartbeat",
     "next_seq",
     "set_progress",
     "set_status",
+    "slot_ttl_us",
 ]
 
 Rows = list[tuple[Any, ...]]
@@ -138,6 +140,24 @@ def claim_slot(queue: str, key: str, ttl_us: int, now_us: int) -> Steps[bool]:
         (queue, key, now_us + ttl_us),
     )
     return True
+
+
+def enqueue_in_slot(queue: str, task: Task, key: str, ttl_us: int, now_us: int) -> Steps[bool]:
+    """The slot key and the task, or neither: one transaction."""
+    if not (yield from claim_slot(queue, key, ttl_us, now_us)):
+        return False
+    if task.unique_key:
+        yield from enqueue_unique(queue, task)
+    else:
+        yield from enqueue(queue, [task])
+    return True
+
+
+def slot_ttl_us(ttl_seconds: float) -> int:
+    """``ttl_seconds`` of a slot in microseconds; ``ValueError`` unless it is positive."""
+    if not ttl_seconds > 0:
+        raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds!r}")
+    return max(1, round(ttl_seconds * 1_000_000))
 
 
 def claim(
