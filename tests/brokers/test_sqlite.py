@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from katana.task_queue.broker import sqlite as sqlite_module
 from katana.task_queue.broker._sqlite_wake import wake_folder
 from katana.task_queue.broker.sql import SCHEMA_VERSION
 from katana.task_queue.broker.sqlite import SqliteBroker
@@ -415,3 +416,36 @@ async def test_a_write_that_ends_after_close_leaves_no_socket_open(db: Path) -> 
 
     # Then its wake-up was not sent through a socket opened after close (and never closed)
     assert broker._wakes._sender is None
+
+
+async def test_wait_finished_is_woken_by_a_finish_in_the_same_process(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a broker that would look again only after an hour
+    monkeypatch.setattr(sqlite_module, "_FINISH_LOOK_FIRST_SECONDS", 3600.0)
+    async with SqliteBroker(db) as broker:
+        await broker.enqueue(make_task())
+        claimed = await broker.dequeue(timeout=0)
+        assert claimed is not None
+        looked = asyncio.Event()
+        get_task = broker.get_task
+
+        async def get_task_and_tell(task_id: str) -> Task | None:
+            task = await get_task(task_id)
+            looked.set()  # from here the waiter parks without another await
+            return task
+
+        broker.get_task = get_task_and_tell  # type: ignore[method-assign]  # the test's probe
+        waiting = asyncio.create_task(broker.wait_finished(claimed.id))
+        await wait_for_event(looked, [waiting], 10)
+        await asyncio.sleep(0)
+        assert not waiting.done()
+
+        # When the task completes here
+        assert await broker.mark_complete(claimed.id, "ok", claim_token=claimed.claim_token)
+
+        # Then the waiter has it at once, not an hour later
+        async with asyncio.timeout(5):
+            finished = await waiting
+        assert finished is not None
+        assert (finished.status, finished.result) == (TaskStatus.COMPLETED, "ok")

@@ -30,7 +30,7 @@ import orjson
 
 from ..errors import BrokerClosedError, BrokerError, StorageError
 from ..listing import check_page
-from ..models import Task, TaskStatus
+from ..models import TERMINAL_STATUSES, Task, TaskStatus
 from ._sqlite_file import Database, Durability
 from ._sqlite_wake import WakeSockets
 from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
@@ -56,6 +56,9 @@ _CANCEL = b"c"  # followed by the task id
 _PROBE = b"p"  # "are you there?": a socket that refuses it belongs to a dead process
 #: How often a consuming process checks that the other processes on the file still run.
 _PRESENCE_SECONDS = 1.0
+#: How often wait_finished looks again for a finish in another process: a doubling backoff.
+_FINISH_LOOK_FIRST_SECONDS = 0.01
+_FINISH_LOOK_MAX_SECONDS = 0.5
 _BACKOFF_SECONDS = 0.5
 
 
@@ -133,7 +136,9 @@ class SqliteBroker(AbstractBroker):
         self._waiters: deque[asyncio.Future[Task]] = deque()
         # The claims this broker holds (id -> claim token), which its heartbeat renews.
         self._held: dict[str, str] = {}
-        self._outcomes = OutcomeQueue(self._write_outcomes, self._notify)
+        self._outcomes = OutcomeQueue(self._write_outcomes, self._notify, self._changed)
+        # Task id -> futures of wait_finished calls, woken when this process changes it.
+        self._finish_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._wake = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._cancel_listeners: list[Callable[[str], None]] = []
@@ -208,6 +213,8 @@ class SqliteBroker(AbstractBroker):
         with contextlib.suppress(BrokerError):
             await self._outcomes.flush()  # tasks handed back included
         self._closed = True
+        for task_id in list(self._finish_waiters):
+            self._changed(task_id)  # they look again, and hear that the broker closed
         self._wakes.close()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._db.close)
@@ -480,6 +487,8 @@ class SqliteBroker(AbstractBroker):
 
     async def cancel(self, task_id: str) -> bool:
         code = await self._write(steps.cancel(self.queue, task_id, self._now_us()))
+        if code == 1:
+            self._changed(task_id)
         if code == 2:  # running: whoever runs it stops it, here or in another process
             self._cancel_requested(task_id)
             self._wakes.send(_CANCEL + task_id.encode())
@@ -503,6 +512,7 @@ class SqliteBroker(AbstractBroker):
             self._notify()
         else:
             self._held.pop(task_id, None)
+            self._changed(task_id)
 
     # -- leases --------------------------------------------------------------------------
 
@@ -580,6 +590,37 @@ class SqliteBroker(AbstractBroker):
                 self.max_deliveries,
                 extra={"katana_event": "task_dead", "task_id": task_id},
             )
+
+    def _changed(self, task_id: str) -> None:
+        """This process changed the task: its ``wait_finished`` callers look again now."""
+        for waiter in self._finish_waiters.pop(task_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_finished(self, task_id: str, timeout: float | None = None) -> Task | None:
+        """Woken at once by a finish recorded in this process; a finish in another one is
+        seen by looking again with a backoff from 10 ms to 0.5 s."""
+        self._ensure_open()
+        loop = asyncio.get_running_loop()
+        pause = _FINISH_LOOK_FIRST_SECONDS
+        async with asyncio.timeout(timeout):
+            while True:
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._finish_waiters.setdefault(task_id, []).append(waiter)
+                try:
+                    task = await self.get_task(task_id)
+                    if task is None or task.status in TERMINAL_STATUSES:
+                        return task
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(pause):
+                            await waiter
+                finally:
+                    waiters = self._finish_waiters.get(task_id, [])
+                    if waiter in waiters:
+                        waiters.remove(waiter)
+                        if not waiters:
+                            del self._finish_waiters[task_id]
+                pause = min(pause * 2, _FINISH_LOOK_MAX_SECONDS)
 
     # -- reading -------------------------------------------------------------------------
 

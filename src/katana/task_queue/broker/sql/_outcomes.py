@@ -29,15 +29,18 @@ class OutcomeQueue:
         write: Writes a batch in one transaction; one code per outcome (1 applied, 0 the
             claim was lost, -1 unknown task).
         on_requeued: Called when a written outcome made a task PENDING again.
+        on_written: Called with the id of each task whose outcome was written.
     """
 
     def __init__(
         self,
         write: Callable[[list[Outcome]], Awaitable[list[int]]],
         on_requeued: Callable[[], None],
+        on_written: Callable[[str], None],
     ) -> None:
         self._write = write
         self._on_requeued = on_requeued
+        self._on_written = on_written
         self._waiting: Batch = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -81,6 +84,8 @@ class OutcomeQueue:
                 future.set_exception(KeyError(outcome.task_id))
             else:
                 future.set_result(codes[index] == 1)
-                requeued |= codes[index] == 1 and outcome.op in ("requeue", "release")
+                if codes[index] == 1:
+                    requeued |= outcome.op in ("requeue", "release")
+                    self._on_written(outcome.task_id)
         if requeued:
             self._on_requeued()
