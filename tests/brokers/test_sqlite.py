@@ -382,7 +382,7 @@ async def test_a_live_process_keeps_its_tasks(
 
         # When this process's heartbeat and presence look run several times
         for _ in range(3):
-            await broker.heartbeat(await broker._dead_owners())
+            await broker.heartbeat(broker._dead_owners())
 
         # Then the task stays with its owner
         stored = await broker.get_task(task_id)

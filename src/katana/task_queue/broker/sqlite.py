@@ -32,6 +32,7 @@ from ..errors import BrokerClosedError, BrokerError, StorageError
 from ..listing import check_page
 from ..models import TERMINAL_STATUSES, Task, TaskStatus
 from ._sqlite_file import Database, Durability
+from ._sqlite_leases import Leases
 from ._sqlite_wake import WakeSockets
 from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
 from .sql import Outcome, from_us, to_us
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
     from ..listing import TaskPage, TaskQuery, WorkerInfo
     from .sql import Steps
+    from .sql._steps import Beat
 
 __all__ = ["SqliteBroker"]
 
@@ -54,8 +56,6 @@ _T = TypeVar("_T")
 _WAKE = b"w"
 _CANCEL = b"c"  # followed by the task id
 _PROBE = b"p"  # "are you there?": a socket that refuses it belongs to a dead process
-#: How often a consuming process checks that the other processes on the file still run.
-_PRESENCE_SECONDS = 1.0
 #: How often wait_finished looks again for a finish in another process: a doubling backoff.
 _FINISH_LOOK_FIRST_SECONDS = 0.01
 _FINISH_LOOK_MAX_SECONDS = 0.5
@@ -134,8 +134,17 @@ class SqliteBroker(AbstractBroker):
         self._closed = False
         self._closing = False
         self._waiters: deque[asyncio.Future[Task]] = deque()
+        self._leases = Leases(
+            heartbeat_seconds=self.heartbeat_seconds,
+            max_deliveries=max_deliveries,
+            beat=self._beat,
+            dead_owners=self._dead_owners,
+            forget=self._wakes.forget,
+            on_requeued=self._notify,
+            on_cancel_requested=self._cancel_requested,
+        )
         # The claims this broker holds (id -> claim token), which its heartbeat renews.
-        self._held: dict[str, str] = {}
+        self._held = self._leases.held
         self._outcomes = OutcomeQueue(self._write_outcomes, self._notify, self._changed)
         # Task id -> futures of wait_finished calls, woken when this process changes it.
         self._finish_waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -302,7 +311,7 @@ class SqliteBroker(AbstractBroker):
             ) from exc
         self._background = [
             loop.create_task(self._fetch_loop(), name="katana-sqlite-fetch"),
-            loop.create_task(self._heartbeat_loop(), name="katana-sqlite-heartbeat"),
+            loop.create_task(self._leases.keep(), name="katana-sqlite-heartbeat"),
         ]
 
     async def _claim(self, count: int) -> tuple[list[Task], int | None]:
@@ -516,32 +525,6 @@ class SqliteBroker(AbstractBroker):
 
     # -- leases --------------------------------------------------------------------------
 
-    async def _heartbeat_loop(self) -> None:
-        """Every ``heartbeat_seconds`` a heartbeat; every second in between, a look at whether
-        the other processes on the file still run, and a heartbeat at once if one does not."""
-        loop = asyncio.get_running_loop()
-        tick = min(self.heartbeat_seconds, _PRESENCE_SECONDS)
-        beat_at = loop.time() + self.heartbeat_seconds
-        while not self._closing:
-            await asyncio.sleep(tick)
-            try:
-                dead = await self._dead_owners()
-                if dead or loop.time() >= beat_at:
-                    beat_at = loop.time() + self.heartbeat_seconds
-                    await self.heartbeat(dead)
-            except BrokerError as exc:
-                logger.warning(
-                    "heartbeat failed (%s); leases of this process may expire",
-                    exc,
-                    extra={"katana_event": "broker_error"},
-                )
-            except Exception:  # the heartbeat must outlive a bad row: leases depend on it
-                logger.exception("heartbeat failed", extra={"katana_event": "broker_error"})
-
-    async def _dead_owners(self) -> list[str]:
-        """The processes whose wake-up socket refuses a probe: they died holding it open."""
-        return self._wakes.dead_peers(_PROBE)
-
     async def heartbeat(self, dead_owners: Sequence[str] = ()) -> None:
         """Renew this broker's leases, recover expired ones of any process (and at once the
         claims of ``dead_owners``), prune old tasks.
@@ -549,9 +532,11 @@ class SqliteBroker(AbstractBroker):
         Runs by itself every ``heartbeat_seconds`` once this broker consumes, and as soon as
         a process holding claims is found gone.
         """
-        held = list(self._held.items())
+        await self._leases.heartbeat(dead_owners)
+
+    async def _beat(self, held: list[tuple[str, str]], dead_owners: Sequence[str]) -> Beat:
         ttl = self.result_ttl_seconds
-        beat = await self._write(
+        return await self._write(
             steps.heartbeat(
                 self.queue,
                 held,
@@ -562,34 +547,10 @@ class SqliteBroker(AbstractBroker):
                 dead_owners,
             )
         )
-        for owner in dead_owners:  # its claims are recovered: nobody needs its socket now
-            self._wakes.forget(owner)
-        tokens = dict(held)
-        for task_id in beat.lost:
-            if self._held.get(task_id) != tokens[task_id]:
-                continue  # its outcome was handed over meanwhile: finished, not lost
-            del self._held[task_id]
-            logger.warning(
-                "lost the claim on task %s: its lease expired and it belongs to another worker now",
-                task_id,
-                extra={"katana_event": "lease_lost", "task_id": task_id},
-            )
-        if beat.requeued:
-            logger.warning(
-                "%d tasks whose worker stopped renewing its lease are PENDING again",
-                beat.requeued,
-                extra={"katana_event": "leases_recovered"},
-            )
-            self._notify()
-        for task_id in beat.cancel_requested:
-            self._cancel_requested(task_id)
-        for task_id in beat.dead:
-            logger.error(
-                "task %s is DEAD: delivered %d times and each time its worker was lost",
-                task_id,
-                self.max_deliveries,
-                extra={"katana_event": "task_dead", "task_id": task_id},
-            )
+
+    def _dead_owners(self) -> list[str]:
+        """The processes whose wake-up socket refuses a probe: they died holding it open."""
+        return self._wakes.dead_peers(_PROBE)
 
     def _changed(self, task_id: str) -> None:
         """This process changed the task: its ``wait_finished`` callers look again now."""
