@@ -37,6 +37,8 @@ class Leases:
         forget: Removes a dead process's socket once its claims were recovered.
         on_requeued: Called when the heartbeat made tasks PENDING again.
         on_cancel_requested: Called with each held task whose cancellation was requested.
+        on_lost: Called with each task whose claim this process learned it lost (its run
+            here must stop: its outcome would be refused, and it may overlap the new owner's).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class Leases:
         forget: Callable[[str], None],
         on_requeued: Callable[[], None],
         on_cancel_requested: Callable[[str], None],
+        on_lost: Callable[[str], None],
     ) -> None:
         self.held: dict[str, str] = {}
         self._heartbeat_seconds = heartbeat_seconds
@@ -58,6 +61,7 @@ class Leases:
         self._forget = forget
         self._on_requeued = on_requeued
         self._on_cancel_requested = on_cancel_requested
+        self._on_lost = on_lost
 
     async def keep(self) -> None:
         """Heartbeats, and presence looks in between, until cancelled."""
@@ -80,6 +84,20 @@ class Leases:
             except Exception:  # the heartbeat must outlive a bad row: leases depend on it
                 logger.exception("heartbeat failed", extra={"katana_event": "broker_error"})
 
+    def lost(self, task_id: str, token: str) -> None:
+        """The claim ``token`` on ``task_id`` is gone (a heartbeat or a progress report found
+        its lease expired, or its row changed or deleted): stop holding it, stop its run."""
+        if self.held.get(task_id) != token:
+            return  # its outcome was handed over meanwhile: finished, not lost
+        del self.held[task_id]
+        logger.warning(
+            "lost the claim on task %s: its lease expired, or its record was changed or "
+            "deleted; it is not ours to run any more",
+            task_id,
+            extra={"katana_event": "lease_lost", "task_id": task_id},
+        )
+        self._on_lost(task_id)
+
     async def heartbeat(self, dead_owners: Sequence[str] = ()) -> None:
         held = list(self.held.items())
         beat = await self._beat(held, dead_owners)
@@ -87,14 +105,7 @@ class Leases:
             self._forget(owner)
         tokens = dict(held)
         for task_id in beat.lost:
-            if self.held.get(task_id) != tokens[task_id]:
-                continue  # its outcome was handed over meanwhile: finished, not lost
-            del self.held[task_id]
-            logger.warning(
-                "lost the claim on task %s: its lease expired and it belongs to another worker now",
-                task_id,
-                extra={"katana_event": "lease_lost", "task_id": task_id},
-            )
+            self.lost(task_id, tokens[task_id])
         if beat.requeued:
             logger.warning(
                 "%d tasks whose worker stopped renewing its lease are PENDING again",

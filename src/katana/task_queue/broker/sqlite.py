@@ -142,6 +142,7 @@ class SqliteBroker(AbstractBroker):
             forget=self._wakes.forget,
             on_requeued=self._notify,
             on_cancel_requested=self._cancel_requested,
+            on_lost=self._stop_run,
         )
         # The claims this broker holds (id -> claim token), which its heartbeat renews.
         self._held = self._leases.held
@@ -231,9 +232,11 @@ class SqliteBroker(AbstractBroker):
 
     # -- writing -------------------------------------------------------------------------
 
-    async def enqueue(self, task: Task) -> None:
-        await self._write(steps.enqueue(self.queue, [task]))
-        self._notify()
+    async def enqueue(self, task: Task) -> Task | None:
+        stored = await self._write(steps.enqueue_one(self.queue, task))
+        if stored is None:
+            self._notify()
+        return stored
 
     async def enqueue_many(self, tasks: Iterable[Task]) -> None:
         await self._write(steps.enqueue(self.queue, list(tasks)))
@@ -477,6 +480,11 @@ class SqliteBroker(AbstractBroker):
         outcome = Outcome("requeue", task_id, claim_token, error, traceback, delay_us)
         return await self._submit(outcome)
 
+    async def hand_back(self, task_id: str, *, claim_token: str) -> bool:
+        # A release: the claim is undone (attempts as before, its old place in the queue),
+        # or CANCELLED if its cancellation was requested meanwhile.
+        return await self._submit(Outcome("release", task_id, claim_token))
+
     async def mark_cancelled(self, task_id: str, *, claim_token: str | None = None) -> bool:
         return await self._submit(Outcome("cancel", task_id, claim_token))
 
@@ -486,6 +494,9 @@ class SqliteBroker(AbstractBroker):
         code = await self._write(
             steps.set_progress(self.queue, task_id, claim_token, float(fraction), message)
         )
+        if code <= 0 and claim_token is not None:
+            # The claim is gone: no need to wait for the heartbeat to find out.
+            self._leases.lost(task_id, claim_token)
         if code < 0:
             raise KeyError(task_id)
         return code == 1
@@ -508,8 +519,12 @@ class SqliteBroker(AbstractBroker):
 
     def _cancel_requested(self, task_id: str) -> None:
         if task_id in self._held:
-            for listener in list(self._cancel_listeners):
-                listener(task_id)
+            self._stop_run(task_id)
+
+    def _stop_run(self, task_id: str) -> None:
+        """The cancel listeners stop the run of ``task_id`` in this process, if any."""
+        for listener in list(self._cancel_listeners):
+            listener(task_id)
 
     async def update_task_status(self, task_id: str, status: TaskStatus) -> None:
         status = TaskStatus(status)

@@ -75,6 +75,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (queue, key)
         )""",
     ),
+    (
+        # Attempts made before the task was last redriven (a redrive starts ``attempts``
+        # again at 0): the attempt numbers in ``errors`` go on from there.
+        "ALTER TABLE katana_tasks ADD COLUMN attempts_before INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

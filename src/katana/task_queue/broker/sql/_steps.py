@@ -3,7 +3,9 @@
 The rules are those of ``InMemoryBroker`` and the Redis scripts: outcomes are fenced by the
 claim token; a task cancelled while it ran is CANCELLED when handed back; a lease that expired
 hands the task back (DEAD after ``max_deliveries`` lost workers); finished tasks give up their
-unique key because the holder lookup reads only unfinished tasks.
+unique key because the holder lookup reads only unfinished tasks; an id is stored once (an
+enqueue of a stored id returns that task); a redrive restarts the retry budget, and the
+attempts before it (``attempts_before``) keep the error history numbered.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
+from ...errors import TaskStateError
 from ...models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error
 from ._codec import TASK_COLUMNS, decode_task, encode_task, from_us
 
@@ -31,6 +34,7 @@ __all__ = [
     "delete_task",
     "enqueue",
     "enqueue_in_slot",
+    "enqueue_one",
     "enqueue_unique",
     "extend_lease",
     "heartbeat",
@@ -78,16 +82,11 @@ class Outcome(NamedTuple):
     delay_us: int = 0
 
 
-def _columns_update() -> str:
-    names = [name.strip() for name in TASK_COLUMNS.split(",")] + ["seq", "lease_until"]
-    names += ["cancel_requested", "lost"]
-    return ", ".join(f"{name} = excluded.{name}" for name in names if name != "id")
-
-
 _INSERT_TASK = (
     f"INSERT INTO katana_tasks (queue, {TASK_COLUMNS}, seq, lease_until, cancel_requested, lost)"
     f" VALUES (?, {', '.join('?' * 21)}, ?, NULL, 0, 0)"
-    f" ON CONFLICT (queue, id) DO UPDATE SET {_columns_update()}"
+    # A stored id stays as it is: the first enqueue stands (a producer retrying its write).
+    " ON CONFLICT (queue, id) DO NOTHING"
 )
 
 
@@ -100,13 +99,29 @@ def next_seq(queue: str, count: int) -> Steps[int]:
 
 
 def enqueue(queue: str, tasks: list[Task]) -> Steps[None]:
-    """Store ``tasks`` PENDING (replacing a stored task of the same id)."""
+    """Store ``tasks`` PENDING, leaving out those whose id is stored already."""
     if not tasks:
         return
     encoded = [encode_task(task) for task in tasks]  # may raise: before any write
     first = yield from next_seq(queue, len(tasks))
     rows = [(queue, *values, first + index) for index, values in enumerate(encoded)]
     yield Statement(_INSERT_TASK, rows, many=True)
+
+
+def _stored(queue: str, task_id: str) -> Steps[Task | None]:
+    rows = yield Statement(
+        f"SELECT {TASK_COLUMNS} FROM katana_tasks WHERE queue = ? AND id = ?", (queue, task_id)
+    )
+    return decode_task(rows[0]) if rows else None
+
+
+def enqueue_one(queue: str, task: Task) -> Steps[Task | None]:
+    """Store ``task`` unless its id is stored already; returns that stored task."""
+    encode_task(task)  # a payload that is not JSON fails before anything is read
+    stored = yield from _stored(queue, task.id)
+    if stored is None:
+        yield from enqueue(queue, [task])
+    return stored
 
 
 def _holder(queue: str, key: str) -> Steps[Task | None]:
@@ -119,9 +134,14 @@ def _holder(queue: str, key: str) -> Steps[Task | None]:
 
 
 def enqueue_unique(queue: str, task: Task) -> Steps[Task | None]:
-    """Store ``task`` unless an unfinished task holds its unique key; returns that holder."""
+    """Store ``task`` unless its id is stored or an unfinished task holds its unique key;
+    returns the stored task, or else that holder."""
     if not task.unique_key:
         raise ValueError("enqueue_unique needs a task with a unique_key")
+    encode_task(task)
+    stored = yield from _stored(queue, task.id)
+    if stored is not None:
+        return stored
     holder = yield from _holder(queue, task.unique_key)
     if holder is None:
         yield from enqueue(queue, [task])
@@ -149,7 +169,7 @@ def enqueue_in_slot(queue: str, task: Task, key: str, ttl_us: int, now_us: int) 
     if task.unique_key:
         yield from enqueue_unique(queue, task)
     else:
-        yield from enqueue(queue, [task])
+        yield from enqueue_one(queue, task)
     return True
 
 
@@ -177,6 +197,8 @@ def claim(
         rows = yield Statement(
             "UPDATE katana_tasks SET status = 'PROCESSING', attempts = attempts + 1,"
             " started_at = ?, finished_at = NULL, lease_until = ?, owner = ?,"
+            # Progress belongs to one attempt: each starts without.
+            " progress = NULL, progress_message = NULL,"
             " claim_token = ? || CAST(seq AS TEXT)"
             " WHERE queue = ? AND id IN (SELECT id FROM katana_tasks WHERE queue = ?"
             " AND status = 'PENDING' AND scheduled_at <= ?"
@@ -196,9 +218,10 @@ def claim(
     return claimed, rows[0][0]
 
 
-def _error_entries(errors: str, attempts: int, error: str, tb: str | None, now_us: int) -> str:
+def _error_entries(errors: str, attempt: int, error: str, tb: str | None, now_us: int) -> str:
+    """``errors`` with ``attempt`` (counted over the task's whole life) failing ``error``."""
     entries = orjson.loads(errors)
-    entries.append(attempt_error(attempts, error, tb, from_us(now_us)))
+    entries.append(attempt_error(attempt, error, tb, from_us(now_us)))
     return orjson.dumps(entries).decode()
 
 
@@ -213,7 +236,8 @@ def apply_outcomes(queue: str, outcomes: list[Outcome], now_us: int) -> Steps[li
     codes = []
     for outcome in outcomes:
         rows = yield Statement(
-            "SELECT status, claim_token, cancel_requested, attempts, errors FROM katana_tasks"
+            "SELECT status, claim_token, cancel_requested, attempts_before + attempts, errors"
+            " FROM katana_tasks"
             " WHERE queue = ? AND id = ?",
             (queue, outcome.task_id),
         )
@@ -230,7 +254,7 @@ def apply_outcomes(queue: str, outcomes: list[Outcome], now_us: int) -> Steps[li
 
 
 def _apply(
-    queue: str, outcome: Outcome, now_us: int, cancel_requested: bool, attempts: int, errors: str
+    queue: str, outcome: Outcome, now_us: int, cancel_requested: bool, attempt: int, errors: str
 ) -> Steps[None]:
     op, key = outcome.op, (queue, outcome.task_id)
     if op == "complete":
@@ -241,14 +265,14 @@ def _apply(
         return
     if op == "fail":
         value = outcome.value or ""
-        entries = _error_entries(errors, attempts, value, outcome.traceback, now_us)
+        entries = _error_entries(errors, attempt, value, outcome.traceback, now_us)
         yield Statement(
             f"{_FINISH}, error = ?, traceback = ?, errors = ? WHERE queue = ? AND id = ?",
             ("FAILED", now_us, value, outcome.traceback, entries, *key),
         )
         return
     if op == "requeue" and outcome.value is not None:
-        entries = _error_entries(errors, attempts, outcome.value, outcome.traceback, now_us)
+        entries = _error_entries(errors, attempt, outcome.value, outcome.traceback, now_us)
         yield Statement(
             "UPDATE katana_tasks SET error = ?, traceback = ?, errors = ?"
             " WHERE queue = ? AND id = ?",
@@ -304,11 +328,13 @@ def extend_lease(queue: str, task_id: str, token: str, until_us: int) -> Steps[b
 
 
 def cancel(queue: str, task_id: str, now_us: int) -> Steps[int]:
-    """1: a PENDING task is CANCELLED; 2: a running task's cancellation is requested; else 0."""
+    """1: a PENDING task is CANCELLED; 2: a running task's cancellation is requested; else 0
+    (finished, unknown, or its cancellation was requested already: only that request counts)."""
     rows = yield Statement(
-        "SELECT status FROM katana_tasks WHERE queue = ? AND id = ?", (queue, task_id)
+        "SELECT status, cancel_requested FROM katana_tasks WHERE queue = ? AND id = ?",
+        (queue, task_id),
     )
-    if not rows or rows[0][0] not in _UNFINISHED:
+    if not rows or rows[0][0] not in _UNFINISHED or rows[0][1]:
         return 0
     if rows[0][0] == "PENDING":
         yield Statement(
@@ -325,22 +351,31 @@ def cancel(queue: str, task_id: str, now_us: int) -> Steps[int]:
 def set_status(
     queue: str, task_id: str, status: TaskStatus, now_us: int, lease_us: int
 ) -> Steps[bool]:
-    """The seed's ``update_task_status`` as one step; ``False`` for an unknown task."""
+    """The seed's ``update_task_status`` as one step; ``False`` for an unknown task.
+
+    Raises ``TaskStateError`` (nothing changed) to redrive a finished task whose unique key
+    another unfinished task holds.
+    """
     rows = yield Statement(
-        "SELECT status FROM katana_tasks WHERE queue = ? AND id = ?", (queue, task_id)
+        "SELECT status, unique_key FROM katana_tasks WHERE queue = ? AND id = ?",
+        (queue, task_id),
     )
     if not rows:
         return False
     key = (queue, task_id)
     if status is TaskStatus.PENDING:
-        if rows[0][0] != "PENDING":  # a fresh start: its lost workers are forgotten
-            seq = yield from next_seq(queue, 1)
-            yield Statement(
-                "UPDATE katana_tasks SET status = 'PENDING', seq = ?, claim_token = NULL,"
-                " finished_at = NULL, lease_until = NULL, cancel_requested = 0, lost = 0"
-                " WHERE queue = ? AND id = ?",
-                (seq, *key),
-            )
+        current, unique_key = rows[0]
+        if current == "PENDING":
+            return True
+        if TaskStatus(current) in TERMINAL_STATUSES:
+            yield from _redrive(queue, task_id, unique_key)
+        seq = yield from next_seq(queue, 1)  # a fresh start: its lost workers are forgotten
+        yield Statement(
+            "UPDATE katana_tasks SET status = 'PENDING', seq = ?, claim_token = NULL,"
+            " finished_at = NULL, lease_until = NULL, cancel_requested = 0, lost = 0"
+            " WHERE queue = ? AND id = ?",
+            (seq, *key),
+        )
         return True
     if status is TaskStatus.PROCESSING:
         # Set by hand, not claimed: nobody renews this lease, so it expires and comes back.
@@ -357,6 +392,21 @@ def set_status(
         (status.value, finished_at, *key),
     )
     return True
+
+
+def _redrive(queue: str, task_id: str, unique_key: str | None) -> Steps[None]:
+    """A finished task runs again: it retakes its unique key and its full retry budget."""
+    if unique_key is not None:
+        holder = yield from _holder(queue, unique_key)
+        if holder is not None:  # not the task itself: it is finished
+            raise TaskStateError(
+                f"task {task_id} cannot run again: unfinished task {holder.id} holds its unique key"
+            )
+    yield Statement(
+        "UPDATE katana_tasks SET attempts_before = attempts_before + attempts, attempts = 0"
+        " WHERE queue = ? AND id = ?",
+        (queue, task_id),
+    )
 
 
 def delete_task(queue: str, task_id: str) -> Steps[int]:
