@@ -69,4 +69,7 @@ def test_a_sqlite_url_without_a_path_is_a_usage_error() -> None:
     done = _worker("sqlite://")
 
     assert done.returncode == 2
-    assert "expected sqlite:///<path>[?durability=full|fast], got 'sqlite://'" in done.stderr
+    assert (
+        "Error: invalid SQLite URL 'sqlite://': expected sqlite:///<path>[?durability=full|fast]"
+        in done.stderr.splitlines()
+    )
