@@ -1,13 +1,19 @@
-"""`katana worker --broker sqlite:///...`: a worker process on a SQLite file."""
+"""`katana worker --broker sqlite:///...`: a worker process on a SQLite file; the admin commands
+on a file Katana may not use."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+import pytest
+from click.testing import CliRunner
+
 from katana.task_queue.broker.sqlite import SqliteBroker
+from katana.task_queue.cli import main
 from katana.task_queue.models import Task, TaskStatus
 
 from ._processes import REPO_ROOT
@@ -73,3 +79,43 @@ def test_a_sqlite_url_without_a_path_is_a_usage_error() -> None:
         "Error: invalid SQLite URL 'sqlite://': expected sqlite:///<path>[?durability=full|fast]"
         in done.stderr.splitlines()
     )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["info"],
+        ["enqueue", "send_email"],
+        ["task", "abc"],
+        ["retry", "abc"],
+        ["cancel", "abc"],
+        ["purge", "--status", "FAILED", "--yes"],
+        ["redrive", "--status", "FAILED", "--yes"],
+        ["pause"],
+        ["resume"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_every_admin_command_on_another_programs_database_is_bad_input(
+    tmp_path: Path, command: list[str]
+) -> None:
+    # Given a SQLite database of another program
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE notes (text TEXT)")
+    raw.close()
+
+    # When an admin command is pointed at it
+    env = {"KATANA_BROKER_URL": None}
+    done = CliRunner(env=env).invoke(main, [*command, "--broker", f"sqlite:///{path}"])
+
+    # Then it is one line and exit code 2 (StorageError is bad input), and the file is left alone
+    assert done.exit_code == 2, done.output
+    assert done.stderr.splitlines() == [
+        f"Error: {path} is the database of another program (application_id 0x0, tables: "
+        "notes); Katana leaves it alone"
+    ]
+    with sqlite3.connect(path) as raw:
+        tables = raw.execute("SELECT name FROM sqlite_master").fetchall()
+    raw.close()
+    assert tables == [("notes",)]

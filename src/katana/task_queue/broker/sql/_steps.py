@@ -16,8 +16,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
-from ...errors import TaskStateError
 from ...models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error
+from ..base import redrive_refused
 from ._codec import TASK_COLUMNS, decode_task, encode_task, from_us
 
 __all__ = [
@@ -399,9 +399,7 @@ def _redrive(queue: str, task_id: str, unique_key: str | None) -> Steps[None]:
     if unique_key is not None:
         holder = yield from _holder(queue, unique_key)
         if holder is not None:  # not the task itself: it is finished
-            raise TaskStateError(
-                f"task {task_id} cannot run again: unfinished task {holder.id} holds its unique key"
-            )
+            raise redrive_refused(task_id, holder.id)
     yield Statement(
         "UPDATE katana_tasks SET attempts_before = attempts_before + attempts, attempts = 0"
         " WHERE queue = ? AND id = ?",
