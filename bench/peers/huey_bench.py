@@ -17,12 +17,11 @@ def noop_body(sent: float = 0.0) -> None:
 
 
 def make_huey() -> tuple[Any, Any]:
-    """A SqliteHuey on the bench file with the noop task (named, so that the producer, run as
-    ``__main__``, and the worker agree on it); (huey, task)."""
+    """A SqliteHuey on the bench file with the noop task; (huey, task)."""
     # store_none: a finished task leaves a result row even for None, so the harness can count
     # finished tasks (huey keeps no record of a running one).
     queue = SqliteHuey("bench", filename=str(DB_PATH), store_none=True)
-    return queue, queue.task(name="noop")(noop_body)
+    return queue, queue.task()(noop_body)
 
 
 #: Found by ``huey_consumer huey_bench.huey`` in the worker process.
@@ -69,4 +68,8 @@ class HueyPeer:
 
 
 if __name__ == "__main__":
-    common.main(HueyPeer, ["huey"])
+    # Through the module's own name: huey names a task by its function's module, and the
+    # worker imports this file as ``huey_bench``, not ``__main__``.
+    import huey_bench
+
+    common.main(huey_bench.HueyPeer, ["huey"])
