@@ -1,4 +1,4 @@
-"""Demo FastAPI app: the seed's two example tasks behind a debug endpoint, on an in-memory queue.
+"""Demo FastAPI app: the seed's two example tasks behind a debug endpoint, on a SQLite queue.
 
 Run it with ``make demo``, which starts ``uvicorn main:app --host 127.0.0.1 --port 8000``, then::
 
@@ -20,6 +20,10 @@ Run it with ``make demo``, which starts ``uvicorn main:app --host 127.0.0.1 --po
 
     curl -s http://127.0.0.1:8000/health
 
+The queue is the SQLite file ``katana-demo.db`` in the checkout (``KATANA_DEMO_DB`` names
+another): stop the server and start it again, and the tasks still pending or delayed are there
+and run.
+
 Interactive API docs are at http://127.0.0.1:8000/docs, and the dashboard at
 http://127.0.0.1:8000/katana/ (its JSON API under /katana/api). Stopping the server (Ctrl-C) lets
 running tasks finish (up to ``SHUTDOWN_GRACE_SECONDS``) before the workers stop.
@@ -35,6 +39,7 @@ import logging
 import math
 import os
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
@@ -42,6 +47,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from katana.task_queue.broker import AbstractBroker, InMemoryBroker
+from katana.task_queue.broker.sqlite import SqliteBroker
 from katana.task_queue.cli import broker_from_url
 from katana.task_queue.errors import BrokerError
 from katana.task_queue.management import QueueManager
@@ -55,7 +61,15 @@ if TYPE_CHECKING:
 
     from katana.task_queue.models import Task, TaskExecutor
 
-__all__ = ["app", "broker_url", "build_broker", "create_app", "demo_executors", "worker_service"]
+__all__ = [
+    "app",
+    "broker_url",
+    "build_broker",
+    "create_app",
+    "demo_db",
+    "demo_executors",
+    "worker_service",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -105,14 +119,20 @@ def broker_url() -> str | None:
     return os.environ.get("KATANA_BROKER_URL") or None
 
 
+def demo_db() -> Path:
+    """The demo's SQLite file: ``KATANA_DEMO_DB``, else ``katana-demo.db`` beside main.py."""
+    return Path(os.environ.get("KATANA_DEMO_DB") or Path(__file__).with_name("katana-demo.db"))
+
+
 def build_broker() -> AbstractBroker:
     """The broker the demo uses when none is passed to ``create_app``; called at startup.
 
-    In-memory by default. With ``KATANA_BROKER_URL=redis://...`` it is a RedisBroker, and the
-    tasks are run by separate worker processes: ``katana worker main:worker_service``.
+    A SqliteBroker on ``demo_db()`` by default, so tasks outlive a restart. With
+    ``KATANA_BROKER_URL=redis://...`` it is a RedisBroker, and the tasks are run by separate
+    worker processes: ``katana worker main:worker_service``.
     """
     url = broker_url()
-    return InMemoryBroker() if url is None else broker_from_url(url)
+    return SqliteBroker(demo_db()) if url is None else broker_from_url(url)
 
 
 def worker_service() -> TaskQueueService:
@@ -149,16 +169,19 @@ def create_app(
             if broker is None:
                 # Ours: closed after the workers have stopped (exit callbacks run in reverse).
                 task_broker = await stack.enter_async_context(build_broker())
+                # The demo's own file runs its tasks here; a broker picked by
+                # KATANA_BROKER_URL is served by `katana worker` processes.
+                in_process = broker_url() is None
             else:
                 task_broker = broker
                 await task_broker.connect()
+                # On a shared broker, worker processes started by the CLI run the tasks.
+                in_process = "multi_process" not in task_broker.capabilities
             service = TaskQueueService(broker=task_broker, task_executors=executors)
             app.state.service = service
             app.state.katana_manager = QueueManager(task_broker, service)
             metrics.label_queue(task_broker.queue)  # known once the broker is built
             stack.push_async_callback(service.shutdown, SHUTDOWN_GRACE_SECONDS)
-            # On a shared broker, worker processes started by the CLI run the tasks.
-            in_process = "multi_process" not in task_broker.capabilities
             workers = NUM_WORKERS if in_process else 0
             if workers:
                 service.start_workers(num_workers=workers)

@@ -11,10 +11,12 @@ import pytest
 
 from katana.task_queue.broker import InMemoryBroker
 from katana.task_queue.broker.redis import RedisBroker
+from katana.task_queue.broker.sqlite import SqliteBroker
 from katana.task_queue.testing import FakeClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     from katana.task_queue.broker.base import AbstractBroker
 
@@ -48,12 +50,17 @@ def clock() -> FakeClock:
     return FakeClock(start=time.time())
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "sqlite"])
 async def broker(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[AbstractBroker]:
     """A fresh, empty broker of each kind on the FakeClock (a module may define its own)."""
     if request.param == "memory":
         async with InMemoryBroker(clock=clock) as memory:
             yield memory
+        return
+    if request.param == "sqlite":
+        tmp_path: Path = request.getfixturevalue("tmp_path")
+        async with SqliteBroker(tmp_path / "katana.db", clock=clock) as sqlite:
+            yield sqlite
         return
     redis_url: str = request.getfixturevalue("redis_url")
     queue_name: str = request.getfixturevalue("queue_name")

@@ -100,6 +100,19 @@ def worker_redis_url() -> str:
     return os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL)
 
 
+def remove_sqlite_file(path: Path) -> None:
+    """Start a SQLite peer's phase on no file: delete it, its WAL and shared memory, and the
+    wake-up folder Katana keeps beside it."""
+    LOG_DIR.mkdir(exist_ok=True)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    wake = path.with_name(path.name + ".wake")
+    if wake.is_dir():
+        for socket_file in wake.iterdir():
+            socket_file.unlink()
+        wake.rmdir()
+
+
 def worker_concurrency() -> int:
     return int(os.environ.get("BENCH_CONCURRENCY", "10"))
 

@@ -1,4 +1,8 @@
-"""Run the Redis peer benchmarks one after the other and print one comparison table."""
+"""Run the peer benchmarks one after the other and print one comparison table.
+
+The Redis queues, and two on SQLite: Katana's SqliteBroker (``katana_sqlite``) and huey's
+SqliteHuey (``huey``); latency probes write to Redis for all of them.
+"""
 
 from __future__ import annotations
 
@@ -20,13 +24,15 @@ import redis
 REPO = common.PEERS_DIR.parents[1]
 PEERS_PYTHON = REPO / "bench" / ".venv-peers" / "bin" / "python"
 KATANA_PYTHON = REPO / "bench" / ".venv-katana" / "bin" / "python"
-ALL_PEERS = ("arq", "saq", "streaq", "taskiq", "dramatiq", "katana")
+ALL_PEERS = ("arq", "saq", "streaq", "taskiq", "dramatiq", "katana", "katana_sqlite", "huey")
+#: The SQLite queues: compared with each other, not with the Redis ones.
+SQLITE_PEERS = ("katana_sqlite", "huey")
 PEER_TIMEOUT = 900
 
 
 def interpreter(peer: str) -> Path:
     """Katana runs from bench/.venv-katana, the other queues from bench/.venv-peers."""
-    return KATANA_PYTHON if peer == "katana" else PEERS_PYTHON
+    return KATANA_PYTHON if peer.startswith("katana") else PEERS_PYTHON
 
 
 def run_peer(peer: str, redis_url: str, tasks: int) -> dict[str, Any]:
@@ -142,9 +148,17 @@ def print_report(results: list[dict[str, Any]], args: argparse.Namespace, server
 
 
 def print_ratios(results: list[dict[str, Any]]) -> None:
-    """Katana's rate over the best peer's in this run, for each enqueue measurement."""
-    katana = next((r for r in results if r["peer"] == "katana" and "error" not in r), None)
-    peers = [r for r in results if r["peer"] != "katana" and "error" not in r]
+    """Katana's rate over the best peer's in this run, for each enqueue measurement: on Redis
+    among the Redis queues, and on SQLite against huey."""
+    redis_results = [r for r in results if r["peer"] not in SQLITE_PEERS]
+    sqlite_results = [r for r in results if r["peer"] in SQLITE_PEERS]
+    _print_ratios(redis_results, "katana")
+    _print_ratios(sqlite_results, "katana_sqlite")
+
+
+def _print_ratios(results: list[dict[str, Any]], ours: str) -> None:
+    katana = next((r for r in results if r["peer"] == ours and "error" not in r), None)
+    peers = [r for r in results if r["peer"] != ours and "error" not in r]
     if katana is None or not peers:
         return
     print()
@@ -158,8 +172,25 @@ def print_ratios(results: list[dict[str, Any]]) -> None:
             continue
         best = max(rated, key=lambda r: float(r[key]))
         ratio = float(katana[key]) / float(best[key])
-        print(f"{label}: katana {katana[key]:,.0f}, best peer {best['peer']} {best[key]:,.0f}: "
+        print(f"{label}: {ours} {katana[key]:,.0f}, best peer {best['peer']} {best[key]:,.0f}: "
               f"{ratio:.2f}x")  # fmt: skip
+    for drained in ("drain10", "drain100"):
+        rated = [r for r in peers if _drain_rate(r, drained)]
+        ours_rate = _drain_rate(katana, drained)
+        if not ours_rate or not rated:
+            continue
+        best = max(rated, key=lambda r: _drain_rate(r, drained) or 0.0)
+        best_rate = _drain_rate(best, drained) or 1.0
+        print(f"{drained.replace('drain', 'drain/s @')}: {ours} {ours_rate:,.0f}, best peer "
+              f"{best['peer']} {best_rate:,.0f}: {ours_rate / best_rate:.2f}x")  # fmt: skip
+
+
+def _drain_rate(result: dict[str, Any], key: str) -> float | None:
+    """Tasks per second of a drain, worker spawn to last task done; None if it did not end."""
+    drained = result.get(key)
+    if not drained or drained.get("timed_out") or not drained.get("seconds"):
+        return None
+    return float(drained["tasks"]) / float(drained["seconds"])
 
 
 def main() -> None:

@@ -1,4 +1,8 @@
-"""The app `katana worker tests.integration.chaos_app:make_service` runs in the chaos tests."""
+"""The app `katana worker tests.integration.chaos_app:make_service` runs in the chaos tests.
+
+Its broker is a RedisBroker, or a SqliteBroker when CHAOS_SQLITE_PATH names a file; the ledger
+is in Redis either way.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 
 from katana.task_queue.broker.redis import RedisBroker
+from katana.task_queue.broker.sqlite import SqliteBroker
 from katana.task_queue.service import TaskQueueService
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from katana.task_queue.broker.base import AbstractBroker
     from katana.task_queue.models import Task
 
 __all__ = [
@@ -25,6 +31,7 @@ __all__ = [
     "Ledger",
     "LedgerBroker",
     "LedgerEntry",
+    "SqliteLedgerBroker",
     "build_service",
     "ledger_key",
     "make_service",
@@ -137,18 +144,14 @@ class ChaosTasks:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-class LedgerBroker(RedisBroker):
-    """A RedisBroker that adds an "ack" to the ledger for each completion Redis recorded."""
+class Acks:
+    """Adds an "ack" to the ledger for each completion the broker recorded."""
 
-    def __init__(self, url: str, *, ledger: Ledger, **options: Any) -> None:
-        super().__init__(url, **options)
+    def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self._notes: set[asyncio.Future[None]] = set()
 
-    def complete_soon(
-        self, task_id: str, result: Any = None, *, claim_token: str | None = None
-    ) -> asyncio.Future[bool]:
-        outcome = super().complete_soon(task_id, result, claim_token=claim_token)
+    def watch(self, task_id: str, outcome: asyncio.Future[bool]) -> asyncio.Future[bool]:
         outcome.add_done_callback(functools.partial(self._recorded, task_id))
         return outcome
 
@@ -159,9 +162,44 @@ class LedgerBroker(RedisBroker):
             note.add_done_callback(self._notes.discard)
 
     async def close(self) -> None:
-        await super().close()
         await asyncio.gather(*self._notes, return_exceptions=True)
         await self.ledger.close()
+
+
+class LedgerBroker(RedisBroker):
+    """A RedisBroker that adds an "ack" to the ledger for each completion Redis recorded."""
+
+    def __init__(self, url: str, *, ledger: Ledger, **options: Any) -> None:
+        super().__init__(url, **options)
+        self.acks = Acks(ledger)
+
+    def complete_soon(
+        self, task_id: str, result: Any = None, *, claim_token: str | None = None
+    ) -> asyncio.Future[bool]:
+        outcome = super().complete_soon(task_id, result, claim_token=claim_token)
+        return self.acks.watch(task_id, outcome)
+
+    async def close(self) -> None:
+        await super().close()
+        await self.acks.close()
+
+
+class SqliteLedgerBroker(SqliteBroker):
+    """A SqliteBroker that adds an "ack" to the ledger for each completion it recorded."""
+
+    def __init__(self, path: str, *, ledger: Ledger, **options: Any) -> None:
+        super().__init__(path, **options)
+        self.acks = Acks(ledger)
+
+    def complete_soon(
+        self, task_id: str, result: Any = None, *, claim_token: str | None = None
+    ) -> asyncio.Future[bool]:
+        outcome = super().complete_soon(task_id, result, claim_token=claim_token)
+        return self.acks.watch(task_id, outcome)
+
+    async def close(self) -> None:
+        await super().close()
+        await self.acks.close()
 
 
 def build_service(
@@ -171,26 +209,33 @@ def build_service(
     lease_seconds: float,
     heartbeat_seconds: float | None = None,
     max_deliveries: int = 3,
+    sqlite_path: str | None = None,
 ) -> TaskQueueService:
-    """The chaos tasks on a LedgerBroker for ``queue``, writing to that queue's ledger."""
+    """The chaos tasks on a ledger broker for ``queue`` (on Redis at ``url``, or on the SQLite
+    file ``sqlite_path``), writing to that queue's ledger in Redis."""
     ledger = Ledger(url, queue)
-    broker = LedgerBroker(
-        url,
-        ledger=ledger,
-        queue=queue,
-        lease_seconds=lease_seconds,
-        heartbeat_seconds=heartbeat_seconds,
-        max_deliveries=max_deliveries,
-    )
+    options: dict[str, Any] = {
+        "queue": queue,
+        "lease_seconds": lease_seconds,
+        "heartbeat_seconds": heartbeat_seconds,
+        "max_deliveries": max_deliveries,
+    }
+    broker: AbstractBroker
+    if sqlite_path:
+        broker = SqliteLedgerBroker(sqlite_path, ledger=ledger, **options)
+    else:
+        broker = LedgerBroker(url, ledger=ledger, **options)
     return TaskQueueService(broker, ChaosTasks(ledger).executors())
 
 
 def make_service() -> TaskQueueService:
-    """The factory the CLI calls: CHAOS_REDIS_URL, CHAOS_QUEUE, CHAOS_LEASE, CHAOS_HEARTBEAT."""
+    """The factory the CLI calls: CHAOS_REDIS_URL, CHAOS_QUEUE, CHAOS_LEASE, CHAOS_HEARTBEAT,
+    CHAOS_SQLITE_PATH (unset or empty: Redis)."""
     heartbeat = os.environ.get("CHAOS_HEARTBEAT")
     return build_service(
         os.environ["CHAOS_REDIS_URL"],
         os.environ["CHAOS_QUEUE"],
         lease_seconds=float(os.environ.get("CHAOS_LEASE", "2")),
         heartbeat_seconds=float(heartbeat) if heartbeat else None,
+        sqlite_path=os.environ.get("CHAOS_SQLITE_PATH") or None,
     )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
+import signal
+import subprocess
 import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +21,9 @@ from katana.task_queue.broker import InMemoryBroker
 from katana.task_queue.errors import BrokerClosedError, BrokerUnavailableError
 from katana.task_queue.models import Task, TaskStatus
 from katana.task_queue.service import ServiceState, TaskQueueService
+
+from ._processes import read_until, wait_until
+from .test_dashboard_app import free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -107,6 +113,15 @@ class ClaimSignallingBroker(InMemoryBroker):
         if task is not None:
             self.claimed.set()
         return task
+
+
+@pytest.fixture(autouse=True)
+def demo_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The demo's own SQLite queue, in the test's folder rather than the checkout."""
+    path = tmp_path / "demo.db"
+    monkeypatch.setenv("KATANA_DEMO_DB", str(path))
+    monkeypatch.delenv("KATANA_BROKER_URL", raising=False)
+    return path
 
 
 @pytest.fixture
@@ -494,3 +509,73 @@ async def test_lifespan_leaves_a_callers_broker_open(broker: ClaimSignallingBrok
     task = await broker.get_task(task_id)
     assert task is not None
     assert task.status is TaskStatus.COMPLETED
+
+
+# -- the demo's queue outlives a restart ----------------------------------------------------
+
+#: How long uvicorn may take to start (import the app, open the file) on a loaded machine.
+STARTUP_SECONDS = 20.0
+
+
+def _start_server(port: int, db: Path) -> subprocess.Popen[bytes]:
+    """``uvicorn main:app`` (what ``make demo`` runs) on ``port``, its queue in ``db``."""
+    env = {k: v for k, v in os.environ.items() if k != "KATANA_BROKER_URL"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO_ROOT,
+        env={**env, "KATANA_DEMO_DB": str(db)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert server.stderr is not None
+    read_until(server.stderr, b"Application startup complete", STARTUP_SECONDS)
+    return server
+
+
+def _stop_server(server: subprocess.Popen[bytes]) -> None:
+    if server.poll() is None:
+        server.send_signal(signal.SIGINT)  # Ctrl-C: the lifespan exit runs
+    try:
+        server.communicate(timeout=STARTUP_SECONDS)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+
+
+async def test_a_delayed_task_survives_a_restart_of_the_demo_and_runs(demo_db: Path) -> None:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    # Given the demo served by uvicorn, and a task enqueued through it, due in 5 s
+    server = _start_server(port, demo_db)
+    try:
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            response = await client.post(
+                "/debug/add_task",
+                json={"name": "process_data", "payload": {"data_id": 7}, "delay_seconds": 5},
+            )
+            assert response.status_code == 202, response.text
+            task_id = response.json()["task_id"]
+    finally:
+        # When the server is stopped before the task is due
+        _stop_server(server)
+    assert server.returncode == 0
+
+    # and started again
+    server = _start_server(port, demo_db)
+    try:
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            # Then the task is still there, not run yet
+            first = await client.get(f"/tasks/{task_id}")
+            assert first.status_code == 200, first.text
+            assert first.json()["status"] == "PENDING"
+
+            # and it runs once it is due (process_data sleeps 1 s)
+            async def completed() -> bool:
+                seen = await client.get(f"/tasks/{task_id}")
+                return seen.status_code == 200 and seen.json()["status"] == "COMPLETED"
+
+            await wait_until(completed, 5 + 1 + WAIT_SECONDS, f"task {task_id} to complete")
+    finally:
+        _stop_server(server)

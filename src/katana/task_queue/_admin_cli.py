@@ -21,6 +21,7 @@ from .errors import (
     BrokerError,
     InvalidTaskError,
     KatanaError,
+    StorageError,
     TaskNotFoundError,
     TaskStateError,
     UnknownTaskError,
@@ -66,8 +67,8 @@ def command_error(exc: KatanaError) -> click.ClickException:
     """How a command reports ``exc``, on one line: a broker that failed or a missing task
     exit with 1, every other Katana error is bad input and exits with 2."""
     message = " ".join(str(exc).split("\n"))
-    if isinstance(exc, BrokerError | TaskNotFoundError):
-        return click.ClickException(message)
+    if isinstance(exc, BrokerError | TaskNotFoundError) and not isinstance(exc, StorageError):
+        return click.ClickException(message)  # a file the broker may not use is bad input
     return BadInputError(message)
 
 

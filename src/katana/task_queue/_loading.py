@@ -7,7 +7,8 @@ import importlib
 import inspect
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qsl
 
 import click
 
@@ -17,13 +18,15 @@ from .errors import ConfigurationError
 from .service import TaskQueueService
 
 if TYPE_CHECKING:
+    from .broker._sqlite_file import Durability
     from .broker.base import AbstractBroker
 
 __all__ = ["broker_from_url", "load_service", "require_extra"]
 
 
 def broker_from_url(url: str, *, queue: str | None = None) -> AbstractBroker:
-    """A broker for ``url``: ``redis://`` or ``rediss://`` (RedisBroker), ``memory://``.
+    """A broker for ``url``: ``redis://`` or ``rediss://`` (RedisBroker), ``sqlite:///``
+    (SqliteBroker), ``memory://``.
 
     Raises ``ConfigurationError`` for a URL or queue name the broker cannot use, or when the
     extra the URL needs is not installed.
@@ -41,9 +44,35 @@ def broker_from_url(url: str, *, queue: str | None = None) -> AbstractBroker:
             raise ConfigurationError(str(exc)) from exc
     if scheme == "memory":
         return InMemoryBroker()
+    if scheme == "sqlite":
+        from .broker.sqlite import SqliteBroker
+
+        path, durability = _sqlite_target(url)
+        return SqliteBroker(
+            path, queue="default" if queue is None else queue, durability=durability
+        )
     raise ConfigurationError(
-        f"unsupported broker URL {masked_url(url)!r}: use redis://, rediss:// or memory://"
+        f"unsupported broker URL {masked_url(url)!r}: use redis://, rediss://, sqlite:/// or "
+        "memory://"
     )
+
+
+def _sqlite_target(url: str) -> tuple[str, Durability]:
+    """``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (as SQLAlchemy reads them),
+    optionally with ``?durability=fast``: the file's path and the durability."""
+    rest = url.split("://", 1)[1]
+    target, _, query = rest.partition("?")
+    options = dict(parse_qsl(query))
+    durability = options.pop("durability", "full")
+    if not target.startswith("/") or not target[1:] or options or durability not in _DURABILITY:
+        raise ConfigurationError(
+            f"invalid SQLite URL {masked_url(url)[:200]!r}: expected "
+            "sqlite:///<path>[?durability=full|fast]"
+        )
+    return target[1:], cast("Durability", durability)
+
+
+_DURABILITY = ("full", "fast")
 
 
 def require_extra(module: str, extra: str, feature: str) -> None:

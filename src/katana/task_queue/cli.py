@@ -22,7 +22,7 @@ from . import __version__
 from ._admin_cli import ADMIN_COMMANDS, command_error
 from ._loading import broker_from_url, load_service, require_extra
 from ._urls import masked_url
-from .errors import BrokerUnavailableError, ConfigurationError, KatanaError
+from .errors import BrokerUnavailableError, ConfigurationError, KatanaError, StorageError
 from .logs import JsonFormatter, TaskContextFilter
 
 if TYPE_CHECKING:
@@ -212,7 +212,13 @@ async def _run_worker(service: TaskQueueService, options: _WorkerOptions) -> int
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     broker = service.broker
-    if not await _connect(broker, stop):
+    try:
+        connected = await _connect(broker, stop)
+    except StorageError as exc:  # a file the broker must not use: waiting will not mend it
+        click.echo(f"Error: {exc}", err=True)
+        await broker.close()
+        return 2
+    if not connected:
         await broker.close()
         return 0
     service.start_workers(options.concurrency)

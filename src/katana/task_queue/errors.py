@@ -16,7 +16,8 @@ KatanaError
     ├── BrokerUnavailableError                    the backend cannot be reached; nothing happened
     │   └── BrokerOutcomeUnknownError             the request was sent, its reply lost: it may
     │                                             have happened (retry with the same task_id)
-    └── BrokerClosedError                         the broker was used after close(): a caller bug
+    ├── BrokerClosedError                         the broker was used after close(): a caller bug
+    └── StorageError                              the broker's file is not one it may use
 ```
 """
 
@@ -38,6 +39,7 @@ __all__ = [
     "KatanaError",
     "Retry",
     "ServiceStateError",
+    "StorageError",
     "TaskCancelledError",
     "TaskFailedError",
     "TaskNotFoundError",
@@ -104,6 +106,11 @@ class BrokerOutcomeUnknownError(BrokerUnavailableError):
 
 class BrokerClosedError(BrokerError):
     """The broker was used after ``close()``."""
+
+
+class StorageError(BrokerError):
+    """The broker's storage cannot be used as it is (not a Katana database, a newer schema,
+    no permission); the message names it, and nothing stored there was changed."""
 
 
 class TaskTimeoutError(KatanaError, TimeoutError):

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Self
 
 from .._cancelling import cancel_safe
+from ..errors import TaskStateError
 from ..listing import TaskQuery
 from ..models import TERMINAL_STATUSES
 
@@ -23,10 +24,18 @@ if TYPE_CHECKING:
     from ..listing import TaskPage, WorkerInfo
     from ..models import Task, TaskStatus
 
-__all__ = ["DEFAULT_RESULT_TTL_SECONDS", "AbstractBroker"]
+__all__ = ["DEFAULT_RESULT_TTL_SECONDS", "AbstractBroker", "redrive_refused"]
 
 #: How long finished tasks (results, failures, dead letters) are kept by default: a week.
 DEFAULT_RESULT_TTL_SECONDS = 7 * 24 * 3600.0
+
+
+def redrive_refused(task_id: str, holder_id: str) -> TaskStateError:
+    """Why a finished task cannot be redriven: unfinished task ``holder_id`` holds its unique
+    key (``update_task_status`` raises it, and changes nothing, in every broker)."""
+    return TaskStateError(
+        f"task {task_id} cannot run again: unfinished task {holder_id} holds its unique key"
+    )
 
 
 class AbstractBroker(ABC):

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import BrokerClosedError, TaskStateError
+from ..errors import BrokerClosedError
 from ..listing import TaskPage, check_page
 from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error
-from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
+from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker, redrive_refused
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -513,10 +513,7 @@ class InMemoryBroker(AbstractBroker):
         if key is not None:
             holder = self._tasks.get(self._unique.get(key, ""))
             if holder is not None and holder is not task and holder.status in _UNFINISHED:
-                raise TaskStateError(
-                    f"task {task.id} cannot run again: unfinished task {holder.id} holds its "
-                    "unique key"
-                )
+                raise redrive_refused(task.id, holder.id)
             self._unique[key] = task.id
         self._attempts_before[task.id] = self._attempts_before.get(task.id, 0) + task.attempts
         task.attempts = 0

@@ -63,7 +63,6 @@ from ..errors import (
     BrokerOutcomeUnknownError,
     BrokerUnavailableError,
     ConfigurationError,
-    TaskStateError,
 )
 from ..listing import FILTER_SCAN_LIMIT, TaskPage, WorkerInfo, check_page
 from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error, new_task_id
@@ -77,7 +76,7 @@ from ._redis_codec import (
 )
 from ._redis_finish_watch import FinishWatch
 from ._redis_liveness import ALIVE_TTL_SECONDS, LivenessMark
-from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
+from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker, redrive_refused
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -1011,10 +1010,7 @@ class RedisBroker(AbstractBroker):
             [self._now_ms(), task_id, TaskStatus(status).value, int(self.lease_seconds * 1000)],
         )
         if isinstance(code, bytes):
-            raise TaskStateError(
-                f"task {task_id} cannot run again: unfinished task {code.decode()} holds its "
-                "unique key"
-            )
+            raise redrive_refused(task_id, code.decode())
         if code < 0:
             raise KeyError(task_id)
         if status is not TaskStatus.PROCESSING:
