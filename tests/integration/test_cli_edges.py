@@ -334,3 +334,17 @@ def test_an_empty_broker_option_leaves_the_apps_broker_and_the_banner_says_so() 
     assert finished.returncode == 0, finished.stderr
     assert "InMemoryBroker memory:// (from the app)" in finished.stderr
     assert "queue:       default (from the app)" in finished.stderr
+
+
+def test_info_on_memory_shows_the_queue_it_was_given() -> None:
+    finished = katana("info", "--broker", "memory://", "--queue", "emails")
+
+    assert finished.returncode == 0, finished.stderr
+    assert "queue emails" in finished.stdout
+    assert "queue default" not in finished.stdout
+
+
+def test_a_bad_queue_name_on_memory_is_one_line_and_exit_code_2() -> None:
+    finished = katana("info", "--broker", "memory://", "--queue", "e mails")
+
+    assert_one_line_error(finished, 2, "queue name must match")
