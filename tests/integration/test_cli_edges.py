@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import selectors
+import signal
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -348,3 +351,34 @@ def test_a_bad_queue_name_on_memory_is_one_line_and_exit_code_2() -> None:
     finished = katana("info", "--broker", "memory://", "--queue", "e mails")
 
     assert_one_line_error(finished, 2, "queue name must match")
+
+
+def test_info_watch_into_a_pipe_prints_one_snapshot_per_interval() -> None:
+    # Given `katana info --watch` whose standard output is a pipe, not a terminal
+    env = {key: value for key, value in os.environ.items() if key != "KATANA_BROKER_URL"}
+    command = [sys.executable, "-m", "katana.task_queue.cli", "info", "--watch"]
+    options = ["--interval", "0.1", "--broker", "memory://", "--queue", "piped"]
+    process = subprocess.Popen(
+        [*command, *options], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    seen = ""
+    try:
+        # When we read what it writes, up to a deadline
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            # Well inside the test's timeout: a silent command fails the assertion below
+            deadline = time.monotonic() + RUN_SECONDS / 4
+            while seen.count("queue piped") < 2 and time.monotonic() < deadline:
+                if selector.select(timeout=deadline - time.monotonic()):
+                    line = process.stdout.readline()
+                    if not line:
+                        break
+                    seen += line
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=RUN_SECONDS)
+
+    # Then it printed a snapshot, and another one after the interval
+    assert seen.count("queue piped") >= 2, seen
+    assert "\x1b[" not in seen  # plain text, no cursor movement
