@@ -101,17 +101,17 @@ def check_redis_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise ConfigurationError(
-            f"invalid Redis URL {masked_url(url)}: the scheme must be redis, rediss or unix"
+            f"invalid Redis URL {_shown(url)}: the scheme must be redis, rediss or unix"
         )
     try:
         parts.port  # noqa: B018  # the property raises for a port that is not a number
     except ValueError as exc:  # its message quotes the port: part of a password, maybe
         raise ConfigurationError(
-            f"invalid Redis URL {masked_url(url)}: the port must be a number in 0..65535"
+            f"invalid Redis URL {_shown(url)}: the port must be a number in 0..65535"
         ) from exc
     if parts.scheme != "unix" and not re.fullmatch(r"/?|/[0-9]+", unquote_plus(parts.path)):
         raise ConfigurationError(
-            f"invalid Redis URL {masked_url(url)}: the path must be a database number, "
+            f"invalid Redis URL {_shown(url)}: the path must be a database number, "
             f"like /0, got {parts.path[:50]!r}"
         )
     _check_redis_parameters(url, parts.query)
@@ -123,7 +123,7 @@ def check_redis_url(url: str) -> None:
         pool = ConnectionPool.from_url(url)
         pool.connection_class(**pool.connection_kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"invalid Redis URL {masked_url(url)}: {exc}") from exc
+        raise ConfigurationError(f"invalid Redis URL {_shown(url)}: {exc}") from exc
 
 
 def _check_redis_parameters(url: str, query: str) -> None:
@@ -143,5 +143,11 @@ def _check_redis_parameters(url: str, query: str) -> None:
                 continue
         else:
             why = _REFUSED_PARAMETERS.get(name, "Katana does not support it")
-            reason = f"the query parameter {name!r:.40} is not supported: {why}"
-        raise ConfigurationError(f"invalid Redis URL {masked_url(url)[:200]}: {reason}")
+            reason = f"the query parameter {name!r:.30} is not supported: {why}"
+        raise ConfigurationError(f"invalid Redis URL {_shown(url)}: {reason}")
+
+
+def _shown(url: str) -> str:
+    """``url`` masked and cut to a length fit for a one-line error."""
+    masked = masked_url(url)
+    return masked if len(masked) <= 60 else masked[:59] + "…"
