@@ -178,7 +178,10 @@ class RedisBroker(AbstractBroker):
 
     The URL's query string may set ``max_connections``, ``socket_timeout``,
     ``socket_connect_timeout`` and ``pool_timeout`` (seconds); they win over the arguments.
-    Raises ``ValueError`` for an invalid setting.
+    Of redis-py's other parameters only ``db``, ``username``, ``password``, ``client_name``,
+    ``health_check_interval``, ``protocol`` (2 or 3), ``socket_keepalive`` and ``ssl_*``
+    are accepted. Raises ``ValueError`` (``ConfigurationError``) for an invalid setting or
+    any other parameter, naming it.
     """
 
     capabilities = frozenset({"leases", "multi_process"})
