@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import selectors
+import signal
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -71,6 +74,13 @@ BAD_URLS = [
     pytest.param("redis://127.0.0.1:6379/0?db=x", "'db'", id="db-query-not-a-number"),
     pytest.param("redis://127.0.0.1:6379/0?socket_timeout=soon", "socket_timeout", id="bad-value"),
     pytest.param("redis://127.0.0.1:6379/0?sockettimeout=1", "sockettimeout", id="misspelt"),
+    pytest.param(
+        "redis://127.0.0.1:6379/0?decode_responses=true", "decode_responses", id="decode-responses"
+    ),
+    pytest.param("redis://127.0.0.1:6379/0?protocol=9", "protocol must be 2 or 3", id="protocol"),
+    pytest.param("redis://127.0.0.1:6379/0?retry_on_error=x", "retry_on_error", id="retry"),
+    pytest.param("redis://127.0.0.1:6379/0?client_name=a%20b", "client_name", id="client-name"),
+    pytest.param("redis://127.0.0.1:6379/99999", "DB index is out of range", id="db-out-of-range"),
     pytest.param("mysql://u:s3cret@127.0.0.1/0", "unsupported broker URL", id="unknown-scheme"),
     pytest.param("127.0.0.1:6379", "unsupported broker URL", id="no-scheme"),
 ]
@@ -87,7 +97,8 @@ COMMANDS = [
 def test_a_bad_broker_url_is_one_line_and_exit_code_2(url: str, reason: str) -> None:
     finished = katana("info", "--broker", url)
 
-    assert_one_line_error(finished, 2, reason)
+    line = assert_one_line_error(finished, 2, reason)
+    assert "may have been carried out" not in line
 
 
 BAD_QUEUES = [
@@ -112,6 +123,9 @@ def test_an_invalid_queue_name_is_one_line_and_exit_code_2(queue: str, redis_url
     [
         pytest.param("--broker", "redis://127.0.0.1:notaport/0", "port", id="bad-port"),
         pytest.param("--broker", "redis://127.0.0.1:6379/notadb", "database", id="bad-db"),
+        pytest.param(
+            "--broker", "redis://127.0.0.1:6379/0?decode_responses=1", "decode", id="decode"
+        ),
         pytest.param("--queue", "a{b}", "queue name must match", id="bad-queue"),
     ],
 )
@@ -323,3 +337,48 @@ def test_an_empty_broker_option_leaves_the_apps_broker_and_the_banner_says_so() 
     assert finished.returncode == 0, finished.stderr
     assert "InMemoryBroker memory:// (from the app)" in finished.stderr
     assert "queue:       default (from the app)" in finished.stderr
+
+
+def test_info_on_memory_shows_the_queue_it_was_given() -> None:
+    finished = katana("info", "--broker", "memory://", "--queue", "emails")
+
+    assert finished.returncode == 0, finished.stderr
+    assert "queue emails" in finished.stdout
+    assert "queue default" not in finished.stdout
+
+
+def test_a_bad_queue_name_on_memory_is_one_line_and_exit_code_2() -> None:
+    finished = katana("info", "--broker", "memory://", "--queue", "e mails")
+
+    assert_one_line_error(finished, 2, "queue name must match")
+
+
+def test_info_watch_into_a_pipe_prints_one_snapshot_per_interval() -> None:
+    # Given `katana info --watch` whose standard output is a pipe, not a terminal
+    env = {key: value for key, value in os.environ.items() if key != "KATANA_BROKER_URL"}
+    command = [sys.executable, "-m", "katana.task_queue.cli", "info", "--watch"]
+    options = ["--interval", "0.1", "--broker", "memory://", "--queue", "piped"]
+    process = subprocess.Popen(
+        [*command, *options], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    seen = ""
+    try:
+        # When we read what it writes, up to a deadline
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            # Well inside the test's timeout: a silent command fails the assertion below
+            deadline = time.monotonic() + RUN_SECONDS / 4
+            while seen.count("queue piped") < 2 and time.monotonic() < deadline:
+                if selector.select(timeout=deadline - time.monotonic()):
+                    line = process.stdout.readline()
+                    if not line:
+                        break
+                    seen += line
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=RUN_SECONDS)
+
+    # Then it printed a snapshot, and another one after the interval
+    assert seen.count("queue piped") >= 2, seen
+    assert "\x1b[" not in seen  # plain text, no cursor movement

@@ -13,7 +13,11 @@ import redis.asyncio as aioredis
 
 from katana.task_queue.broker._redis_codec import ENQUEUE_VALUES_PER_TASK
 from katana.task_queue.broker.redis import RedisBroker
-from katana.task_queue.errors import BrokerOutcomeUnknownError, BrokerUnavailableError
+from katana.task_queue.errors import (
+    BrokerOutcomeUnknownError,
+    BrokerUnavailableError,
+    ConfigurationError,
+)
 from katana.task_queue.models import TaskStatus
 from katana.task_queue.service import TaskQueueService
 from katana.task_queue.testing._support import make_task
@@ -176,6 +180,30 @@ async def test_nothing_listening_is_unavailable_not_unknown(queue_name: str) -> 
             await service.add_task("noop", task_id="never-sent")
 
         assert not isinstance(info.value, BrokerOutcomeUnknownError)
+    finally:
+        await broker.close()
+
+
+async def test_a_connection_redis_refuses_to_set_up_is_configuration_not_unknown(
+    redis_url: str, queue_name: str
+) -> None:
+    # Given a URL whose database the server does not have (SELECT fails during set-up)
+    url = redis_url.rsplit("/", 1)[0] + "/99999"
+    broker = RedisBroker(url, queue=queue_name)
+    service = TaskQueueService(broker, {"noop": _noop})
+    try:
+        # When the broker connects, it is a configuration error naming Redis' reason
+        with pytest.raises(ConfigurationError, match="DB index is out of range"):
+            await broker.connect()
+
+        # And a write or a read later is unavailable (nothing was sent), never "unknown"
+        with pytest.raises(BrokerUnavailableError) as info:
+            await service.add_task("noop", task_id="never-sent")
+        assert not isinstance(info.value, BrokerOutcomeUnknownError)
+        with pytest.raises(BrokerUnavailableError) as info:
+            await broker.get_task("never-sent")
+        assert not isinstance(info.value, BrokerOutcomeUnknownError)
+        assert "may have been carried out" not in str(info.value)
     finally:
         await broker.close()
 

@@ -70,6 +70,12 @@ def test_url_settings_win_over_the_constructor_and_leave_the_rest_alone() -> Non
         ("max_connections=1&max_connections=2", "gives max_connections twice"),
         ("timeout=3", "'timeout' is ambiguous: use pool_timeout"),
         ("socket_timeout=" + "9" * 500, "finite number > 0"),
+        ("decode_responses=true", "'decode_responses' is not supported"),
+        ("retry_on_error=x", "'retry_on_error' is not supported"),
+        ("protocol=9", "protocol must be 2 or 3"),
+        ("client_name=a%20b", "client_name must be"),
+        ("x" * 500 + "=1", "is not supported"),
+        ("db=0&" + "d" * 500 + "=1", "is not supported"),
     ],
 )
 def test_invalid_url_settings_are_refused_at_construction(query: str, message: str) -> None:

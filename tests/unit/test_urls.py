@@ -52,6 +52,12 @@ def test_masked_url_hides_every_credential(url: str, shown: str) -> None:
         ("redis://h/0?socket_timeout=soon", "'socket_timeout'"),
         ("redis://h/0?sockettimeout=1", "sockettimeout"),
         ("http://h/0", "scheme"),
+        ("redis://h/0?decode_responses=true", "'decode_responses' is not supported"),
+        ("redis://h/0?retry_on_error=x", "'retry_on_error' is not supported"),
+        ("redis://h/0?retry_on_timeout=yes", "'retry_on_timeout' is not supported"),
+        ("redis://h/0?encoding=latin-1", "'encoding' is not supported"),
+        ("redis://h/0?protocol=9", "protocol must be 2 or 3"),
+        ("redis://h/0?client_name=a%20b", "client_name must be"),
     ],
 )
 def test_check_redis_url_refuses_what_redis_py_would_misread(url: str, reason: str) -> None:
@@ -70,6 +76,7 @@ def test_check_redis_url_refuses_what_redis_py_would_misread(url: str, reason: s
         "rediss://u:p@h:6380/0?ssl_cert_reqs=none",
         "redis://h/0?password=p&socket_timeout=2.5&max_connections=20",
         "unix:///run/redis.sock?db=3",
+        "redis://h/0?protocol=3&client_name=katana-1&health_check_interval=5",
     ],
 )
 def test_check_redis_url_accepts_what_redis_py_reads_right(url: str) -> None:

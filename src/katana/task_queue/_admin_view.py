@@ -74,12 +74,25 @@ def render(overview: QueueOverview) -> RenderableType:
 
 
 async def watch(manager: QueueManager, console: Console, interval: float, minutes: int) -> None:
-    first = await manager.overview(minutes=minutes)
-    with Live(render(first), console=console, auto_refresh=False) as live:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                view = render(await manager.overview(minutes=minutes))
-            except BrokerError as exc:  # keep watching: it may come back
-                view = Text(f"{utcnow():%H:%M:%S} broker error: {exc}", style="bold red")
-            live.update(view, refresh=True)
+    """Redraw the view every ``interval`` seconds in a terminal; elsewhere (a pipe, a file)
+    print one snapshot after another, since rich's live view shows nothing there until it
+    stops, and ``--watch`` stops only at Ctrl-C."""
+    first = render(await manager.overview(minutes=minutes))
+    if console.is_terminal:
+        with Live(first, console=console, auto_refresh=False) as live:
+            while True:
+                await asyncio.sleep(interval)
+                live.update(await _view(manager, minutes), refresh=True)
+    view = first
+    while True:
+        console.print(view)
+        console.file.flush()  # a reader at the other end of a pipe sees it now
+        await asyncio.sleep(interval)
+        view = await _view(manager, minutes)
+
+
+async def _view(manager: QueueManager, minutes: int) -> RenderableType:
+    try:
+        return render(await manager.overview(minutes=minutes))
+    except BrokerError as exc:  # keep watching: it may come back
+        return Text(f"{utcnow():%H:%M:%S} broker error: {exc}", style="bold red")

@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import inspect
 import os
+import re
 import sys
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl
@@ -43,7 +44,14 @@ def broker_from_url(url: str, *, queue: str | None = None) -> AbstractBroker:
         except ValueError as exc:  # a bad setting in the URL's query string
             raise ConfigurationError(str(exc)) from exc
     if scheme == "memory":
-        return InMemoryBroker()
+        broker = InMemoryBroker()
+        if queue is not None:  # a fresh, empty queue of that name: the commands show it
+            if not _MEMORY_QUEUE_NAME.fullmatch(queue):
+                raise ConfigurationError(
+                    f"queue name must match {_MEMORY_QUEUE_NAME.pattern}, got {queue!r:.120}"
+                )
+            broker.queue = queue
+        return broker
     if scheme == "sqlite":
         from .broker.sqlite import SqliteBroker
 
@@ -73,6 +81,8 @@ def _sqlite_target(url: str) -> tuple[str, Durability]:
 
 
 _DURABILITY = ("full", "fast")
+#: The queue names RedisBroker accepts: an in-memory queue takes the same.
+_MEMORY_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
 
 def require_extra(module: str, extra: str, feature: str) -> None:

@@ -14,12 +14,18 @@ from hiredis import pack_command as _hiredis_pack_command
 from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError
+from redis.exceptions import MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
-__all__ = ["PoolSettings", "new_client", "request_was_sent", "settings_from_url"]
+__all__ = [
+    "PoolSettings",
+    "SetupRefusedError",
+    "new_client",
+    "request_was_sent",
+    "settings_from_url",
+]
 
 #: The attribute set on a driver error that says whether the failed command left this process.
 _SENT = "_katana_request_sent"
@@ -158,6 +164,12 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
             raise
 
 
+class SetupRefusedError(RedisConnectionError):
+    """Redis refused to set up a connection (SELECT, HELLO, CLIENT SETNAME): the URL asks
+    for something this server does not allow. Nothing was sent; a connection error, so
+    every handler of an unreachable Redis sees it as one."""
+
+
 def request_was_sent(exc: BaseException) -> bool:
     """Whether the command that failed with ``exc`` may have reached Redis (and run there).
 
@@ -190,6 +202,10 @@ class _KatanaConnection(AbstractConnection):
         except _LINK_ERRORS as exc:
             _not_sent(exc)
             raise
+        except ResponseError as exc:  # e.g. SELECT of a db out of range: never "sent"
+            refused = SetupRefusedError(f"Redis refused to set up the connection: {exc}")
+            _not_sent(refused)
+            raise refused from exc
 
     async def check_health(self) -> None:
         # Every command asks; redis-py sends a PING only this long after the last reply.

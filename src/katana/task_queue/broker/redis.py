@@ -45,11 +45,17 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import orjson
 
 try:
+    from redis.exceptions import AuthenticationError, RedisError, ResponseError
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError, ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    from ._redis_pool import PoolSettings, new_client, request_was_sent, settings_from_url
+    from ._redis_pool import (
+        PoolSettings,
+        SetupRefusedError,
+        new_client,
+        request_was_sent,
+        settings_from_url,
+    )
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "RedisBroker needs redis-py and hiredis: pip install 'katana-task-queue[redis]'"
@@ -172,7 +178,10 @@ class RedisBroker(AbstractBroker):
 
     The URL's query string may set ``max_connections``, ``socket_timeout``,
     ``socket_connect_timeout`` and ``pool_timeout`` (seconds); they win over the arguments.
-    Raises ``ValueError`` for an invalid setting.
+    Of redis-py's other parameters only ``db``, ``username``, ``password``, ``client_name``,
+    ``health_check_interval``, ``protocol`` (2 or 3), ``socket_keepalive`` and ``ssl_*``
+    are accepted. Raises ``ValueError`` (``ConfigurationError``) for an invalid setting or
+    any other parameter, naming it.
     """
 
     capabilities = frozenset({"leases", "multi_process"})
@@ -324,7 +333,7 @@ class RedisBroker(AbstractBroker):
     def _unreachable(self, exc: BaseException) -> BrokerUnavailableError:
         if request_was_sent(exc):
             return BrokerOutcomeUnknownError(
-                f"Redis at {masked_url(self.url)} did not answer: {exc}; the request may have "
+                f"Redis at {masked_url(self.url)} did not answer: {exc}; a write may have "
                 "been carried out (add_task retried with the same task_id is safe)"
             )
         return BrokerUnavailableError(f"Redis at {masked_url(self.url)} is unreachable: {exc}")
@@ -336,6 +345,9 @@ class RedisBroker(AbstractBroker):
         self._ensure_open()
         try:
             await self._client.ping()
+        except (SetupRefusedError, AuthenticationError) as exc:  # the URL asks for what
+            # this server refuses: a db out of range, a protocol it lacks, wrong credentials
+            raise ConfigurationError(f"Redis at {masked_url(self.url)}: {exc}") from exc
         except (RedisError, OSError) as exc:
             raise self._unreachable(exc) from exc
         await self._check_server()
