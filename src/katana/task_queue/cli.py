@@ -301,7 +301,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 async def _wait_orphaned(parent_pid: int) -> None:
     """Return once the parent is gone: this process was re-parented (to init or a subreaper)."""
-    # No event fires when the parent dies: polling getppid is the portable way. sets no event anywhere: polling getppid is the portable way.
+    # No event fires when the parent dies: polling getppid is the portable way.
     while os.getppid() == parent_pid:  # noqa: ASYNC110
         await asyncio.sleep(_PARENT_POLL_SECONDS)
     logger.warning(
