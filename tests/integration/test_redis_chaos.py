@@ -691,6 +691,12 @@ async def test_a_killed_processs_task_runs_again_within_5_s_with_default_setting
     stored = await chaos.service.get_task(task.id)
     assert stored is not None
     assert (stored.status, stored.attempts) == (TaskStatus.PROCESSING, 2)
+    # And `katana task` tells the operator why a task with no retries runs a second time
+    shown = chaos.workers.run_admin(
+        "task", task.id, "--app", "tests.integration.chaos_app:make_service", timeout=30
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "attempts:   2 (1 allowed by retries; 1 more after a lost worker)" in shown.stdout
 
 
 @pytest.mark.timeout(120)

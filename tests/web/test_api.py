@@ -86,6 +86,7 @@ async def test_enqueue_then_follow_a_task_to_its_result(
         2,
     )
     assert body["attempts"] == 1
+    assert body["attempts_summary"] == "1 of 1 allowed by retries"
     assert body["finished_at"] is not None
 
 
