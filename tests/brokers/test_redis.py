@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from katana.task_queue.broker import redis as redis_broker_module
 from katana.task_queue.broker.redis import RedisBroker
 from katana.task_queue.errors import BrokerClosedError
+from katana.task_queue.listing import TaskQuery
 from katana.task_queue.models import TaskStatus
 from katana.task_queue.testing import BrokerContract
 from katana.task_queue.testing._support import make_task
@@ -171,3 +172,30 @@ async def test_outcomes_of_a_claim_that_close_cuts_short_are_still_written(
         await reader.purge()
     assert stored is not None
     assert (stored.status, stored.result) == (TaskStatus.COMPLETED, "done")
+
+
+async def test_listing_counts_only_the_tasks_it_can_show(
+    redis_broker: RedisBroker, raw: aioredis.Redis
+) -> None:
+    # Given one good task, one whose record is garbage, and index entries whose record is gone
+    good, bad = make_task(), make_task()
+    await redis_broker.enqueue_many([good, bad])
+    prefix = redis_broker.prefix
+    await raw.hset(f"{prefix}:task:{bad.id}", "attempts", "many")
+    await raw.zadd(f"{prefix}:all", {"gone-1": 1.0, "gone-2": 2.0})
+    await raw.zadd(f"{prefix}:finished:DEAD", {"gone-3": 1.0})
+
+    # When the dashboard lists every task, and the dead letters
+    everything = await redis_broker.list_tasks(TaskQuery())
+    dead = await redis_broker.list_tasks(TaskQuery(status=TaskStatus.DEAD))
+
+    # Then each total counts the tasks its page shows, no more
+    assert (everything.total, [task.id for task in everything.tasks]) == (1, [good.id])
+    assert (dead.total, dead.tasks) == (0, [])
+    # And what it met is cleaned: the stale entries are gone, the garbage quarantined, so
+    # later pages count right too
+    assert await raw.zcard(f"{prefix}:finished:DEAD") == 0
+    assert await raw.zrangebyscore(f"{prefix}:all", 0, 3) == []
+    assert any(note["entry"] == bad.id for note in await redis_broker.quarantined())
+    first = await redis_broker.list_tasks(TaskQuery(), limit=1)
+    assert (first.total, [task.id for task in first.tasks]) == (1, [good.id])

@@ -18,6 +18,7 @@ from katana.task_queue.broker import sqlite as sqlite_module
 from katana.task_queue.broker._sqlite_wake import wake_folder
 from katana.task_queue.broker.sql import SCHEMA_VERSION
 from katana.task_queue.broker.sqlite import SqliteBroker
+from katana.task_queue.listing import TaskQuery
 from katana.task_queue.models import TaskStatus
 from katana.task_queue.testing import BrokerContract
 from katana.task_queue.testing._support import make_task, wait_for_event
@@ -449,3 +450,19 @@ async def test_wait_finished_is_woken_by_a_finish_in_the_same_process(
             finished = await waiting
         assert finished is not None
         assert (finished.status, finished.result) == (TaskStatus.COMPLETED, "ok")
+
+
+async def test_listing_counts_only_the_tasks_it_can_show(db: Path) -> None:
+    # Given one good task and one whose row holds garbage
+    good, bad = make_task(), make_task()
+    async with SqliteBroker(db) as broker:
+        await broker.enqueue_many([good, bad])
+        with contextlib.closing(sqlite3.connect(db)) as raw:
+            raw.execute("UPDATE katana_tasks SET payload = 'not json' WHERE id = ?", (bad.id,))
+            raw.commit()
+
+        # When every task is listed
+        page = await broker.list_tasks(TaskQuery())
+
+    # Then the total counts the task the page shows, no more (and the listing does not fail)
+    assert (page.total, [task.id for task in page.tasks]) == (1, [good.id])

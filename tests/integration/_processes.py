@@ -119,6 +119,19 @@ class WorkerProcesses:
             check=False,
         )
 
+    def run_admin(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        """Run ``katana *args`` (an admin command such as ``task``) in the workers' setting."""
+        return subprocess.run(
+            [sys.executable, "-m", "katana.task_queue.cli", *args],
+            cwd=REPO_ROOT,
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def start_piped(self, *args: str) -> subprocess.Popen[bytes]:
         """Run ``katana worker *args`` with stderr on a pipe (see ``read_until``)."""
         popen = subprocess.Popen(

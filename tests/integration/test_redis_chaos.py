@@ -552,6 +552,47 @@ async def test_two_processes_drain_the_queue_together_in_burst_mode(
     assert parent.pid not in pids
 
 
+def _runs(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody has reaped yet does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.timeout(90)
+async def test_the_children_of_a_sigkilled_parent_stop_and_hand_their_tasks_back(
+    make_chaos: Callable[..., Chaos],
+) -> None:
+    # A 60 s lease: only the children themselves can have put the tasks back within the test
+    chaos = make_chaos(60.0)
+    # Given `-p 2 -c 1` running two 30 s tasks, one in each child
+    created = await chaos.service.add_tasks([("sleep", {"seconds": 30.0})] * 2)
+    parent = chaos.start_worker("-p", "2", "-c", "1", "--shutdown-timeout", "0.2")
+    starts = await chaos.wait_for_starts(2, 2 * STARTUP_SECONDS)
+    children = {entry.pid for entry in starts}
+    assert len(children) == 2
+    assert parent.pid not in children
+
+    # When the parent is killed with SIGKILL (it cannot pass anything on)
+    parent.send(signal.SIGKILL)
+    await parent.wait(SLACK)
+
+    # Then both children exit, and the two tasks are PENDING again, not left to their lease
+    async def children_gone() -> bool:
+        return not any(_runs(pid) for pid in children)
+
+    await wait_until(children_gone, 0.2 + SLACK, "the orphaned children to exit")
+    counts = await chaos.counts()
+    assert (counts[TaskStatus.PENDING], counts[TaskStatus.PROCESSING]) == (2, 0)
+    for task in created:
+        stored = await chaos.service.get_task(task.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts, stored.claim_token) == (TaskStatus.PENDING, 0, None)
+
+
 # -- cancellation across processes -----------------------------------------------------------
 
 
@@ -650,6 +691,12 @@ async def test_a_killed_processs_task_runs_again_within_5_s_with_default_setting
     stored = await chaos.service.get_task(task.id)
     assert stored is not None
     assert (stored.status, stored.attempts) == (TaskStatus.PROCESSING, 2)
+    # And `katana task` tells the operator why a task with no retries runs a second time
+    shown = chaos.workers.run_admin(
+        "task", task.id, "--app", "tests.integration.chaos_app:make_service", timeout=30
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "attempts:   2 (1 allowed by retries; 1 more after a lost worker)" in shown.stdout
 
 
 @pytest.mark.timeout(120)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from katana.task_queue.models import TaskStatus
 from katana.task_queue.service import TaskQueueService
 
 if TYPE_CHECKING:
@@ -95,5 +96,41 @@ async def test_a_slot_cancelled_outside_shutdown_shows_in_the_worker_record(
 
     # Then the record shows the two live ones, and they serve the queue
     assert await recorded_slots(service, 2) == 2
+    task = await service.add_task("echo")
+    assert await service.wait_for(task.id, timeout=GUARD_SECONDS) == task.id
+
+
+async def test_the_task_of_a_slot_that_crashes_is_not_left_processing(
+    service: TaskQueueService,
+    broker: AbstractBroker,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a broker that breaks, with an error no worker expects, recording one task's result
+    doomed = await service.add_task("echo")
+    complete_soon = broker.complete_soon
+
+    def breaking_complete_soon(task_id: str, result: Any, **kwargs: Any) -> Any:
+        if task_id == doomed.id:
+            raise RuntimeError("a bug recording the result")
+        return complete_soon(task_id, result, **kwargs)
+
+    monkeypatch.setattr(broker, "complete_soon", breaking_complete_soon)
+    caplog.set_level(logging.ERROR, logger="katana")
+
+    # When it crashes the slot that ran it
+    slots = service.start_workers(1)
+    async with asyncio.timeout(GUARD_SECONDS):
+        done, _ = await asyncio.wait(slots, return_when=asyncio.FIRST_COMPLETED)
+    (dead,) = done
+    assert isinstance(dead.exception(), RuntimeError)
+
+    # Then the task is FAILED, once and for good (no slot after slot crashing on it), with why
+    stored = await service.get_task(doomed.id)
+    assert stored is not None
+    assert (stored.status, stored.attempts, stored.claim_token) == (TaskStatus.FAILED, 1, None)
+    assert stored.error is not None
+    assert "RuntimeError: a bug recording the result" in stored.error
+    # And the replacement slot serves the queue
     task = await service.add_task("echo")
     assert await service.wait_for(task.id, timeout=GUARD_SECONDS) == task.id

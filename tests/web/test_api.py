@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from fastapi import FastAPI, Header, HTTPException
 
 from katana.task_queue.broker.redis import RedisBroker
@@ -86,6 +87,7 @@ async def test_enqueue_then_follow_a_task_to_its_result(
         2,
     )
     assert body["attempts"] == 1
+    assert body["attempts_summary"] == "1 of 1 allowed by retries"
     assert body["finished_at"] is not None
 
 
@@ -462,3 +464,29 @@ async def test_openapi_schema_lists_every_endpoint(manager: QueueManager) -> Non
         "/katana/metrics",
     } <= set(paths)
     assert "delete" in paths["/katana/api/tasks/{task_id}"]
+
+
+async def test_totals_count_only_the_tasks_listed_on_redis(redis_url: str, queue_name: str) -> None:
+    # Given a Redis queue whose listing indexes name a task whose record is gone (a DEAD one
+    # deleted by hand, say), and one good task
+    good = Task(name="ok")
+    async with RedisBroker(redis_url, queue=queue_name) as broker:
+        raw = aioredis.Redis.from_url(redis_url)
+        try:
+            await broker.enqueue(good)
+            await raw.zadd(f"{broker.prefix}:all", {"gone": 1.0})
+            await raw.zadd(f"{broker.prefix}:finished:DEAD", {"gone": 1.0})
+            app = FastAPI()
+            app.include_router(katana_router(QueueManager(broker)), prefix="/katana")
+
+            # When the API lists every task, and the dead letters
+            async with make_client(app) as client:
+                tasks = (await client.get("/katana/api/tasks")).json()
+                letters = (await client.get("/katana/api/dead-letters")).json()
+        finally:
+            await broker.purge()
+            await raw.aclose()
+
+    # Then each total is what the page shows
+    assert (tasks["total"], [task["id"] for task in tasks["tasks"]]) == (1, [good.id])
+    assert (letters["total"], letters["tasks"]) == (0, [])

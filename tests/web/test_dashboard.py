@@ -182,7 +182,7 @@ async def test_task_detail_shows_payload_result_error_traceback_and_attempts(
     assert 'raise ValueError(f"bad input' in bad_page  # the traceback
     assert "Attempt 1 ·" in bad_page
     assert "Attempt 2 ·" in bad_page  # every failed attempt is listed
-    assert "1 of at most 1" in bad_page  # the retry's run had the full budget again
+    assert "1 of 1 allowed by retries" in bad_page  # the retry's run had the full budget again
     assert f'hx-post="{PREFIX}/tasks/{bad.id}/retry"' in bad_page
     # A finished task's region does not poll; a waiting one's does
     assert f'hx-get="{PREFIX}/_/tasks/{bad.id}"' not in bad_page

@@ -27,7 +27,7 @@ from .errors import (
     UnknownTaskError,
 )
 from .listing import TaskQuery
-from .management import DEAD_LETTER_STATUSES, QueueManager
+from .management import DEAD_LETTER_STATUSES, QueueManager, attempts_summary
 from .models import TaskStatus
 
 if TYPE_CHECKING:
@@ -234,6 +234,7 @@ def _task_json(task: Task) -> dict[str, Any]:
         "priority": task.priority,
         "attempts": task.attempts,
         "max_retries": task.max_retries,
+        "attempts_summary": attempts_summary(task),
         "timeout_seconds": task.timeout_seconds,
         "payload": task.payload,
         "result": task.result,
@@ -257,7 +258,7 @@ def _task_lines(task: Task) -> list[str]:
         ("name", task.name),
         ("status", task.status.value),
         ("priority", task.priority),
-        ("attempts", f"{task.attempts} of at most {task.max_retries + 1}"),
+        ("attempts", attempts_summary(task)),
         ("created", _when(task.created_at)),
         ("scheduled", _when(task.scheduled_at)),
         ("started", _when(task.started_at)),

@@ -129,10 +129,7 @@ class Worker:
                 continue
             self.current = task
             try:
-                if tracing.enabled:
-                    await tracing.traced_process(self._broker.queue, task, self._execute(task))
-                else:
-                    await self._execute(task)
+                await self._process(task)
             finally:
                 self.current = None
                 self._on_task_done()
@@ -140,6 +137,38 @@ class Worker:
             if now - last_yield >= _YIELD_EVERY_SECONDS:
                 await asyncio.sleep(0)
                 last_yield = loop.time()
+
+    async def _process(self, task: Task) -> None:
+        """Run ``task`` and record its outcome; a bug on the way still leaves it finished.
+
+        An exception escaping here ends this worker slot (the service replaces it). Left as it
+        is, the task would stay PROCESSING for good: on a broker without leases nobody hands it
+        back, and with leases this live process keeps renewing them. It is recorded FAILED
+        instead (final, so a task that always crashes its slot cannot crash slot after slot);
+        the operator can retry it.
+        """
+        try:
+            if tracing.enabled:
+                await tracing.traced_process(self._broker.queue, task, self._execute(task))
+            else:
+                await self._execute(task)
+        except Exception as exc:
+            await self._record_crash(task, exc)
+            raise
+
+    async def _record_crash(self, task: Task, exc: Exception) -> None:
+        error = f"worker {self.name} crashed handling the task: {type(exc).__name__}: {exc}"
+        try:
+            await asyncio.shield(
+                self._broker.mark_failed(
+                    task.id,
+                    error,
+                    traceback="".join(traceback.format_exception(exc)),
+                    claim_token=task.claim_token,
+                )
+            )
+        except Exception as problem:  # the broker itself is what crashed: nothing more to try
+            _log_not_recorded(task, problem)
 
     async def _execute(self, task: Task) -> None:
         broker = self._broker

@@ -156,6 +156,8 @@ class _WorkerOptions:
     broker_url: str | None
     queue: str | None
     metrics_port: int | None = None
+    #: Set in the children of ``--processes``: the pid whose death stops them.
+    parent_pid: int | None = None
 
 
 def _prepare(options: _WorkerOptions) -> TaskQueueService:
@@ -226,6 +228,8 @@ async def _run_worker(service: TaskQueueService, options: _WorkerOptions) -> int
     waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
     if options.burst:
         waiters.append(asyncio.create_task(service.wait_idle()))
+    if options.parent_pid is not None:
+        waiters.append(asyncio.create_task(_wait_orphaned(options.parent_pid)))
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for waiter in waiters:
         waiter.cancel()
@@ -273,14 +277,51 @@ def _configure_logging(level: str, log_format: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
+#: How often a child of ``--processes`` checks that its parent still lives (where the
+#: kernel cannot tell it: see ``_die_with_parent``).
+_PARENT_POLL_SECONDS = 0.5
+#: From <linux/prctl.h>.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Get SIGTERM when the parent dies, even by SIGKILL, so the normal hand-back runs.
+
+    Linux only (prctl); elsewhere ``_wait_orphaned`` notices within ``_PARENT_POLL_SECONDS``.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes  # only Linux children need it
+
+        with contextlib.suppress(OSError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def _wait_orphaned(parent_pid: int) -> None:
+    """Return once the parent is gone: this process was re-parented (to init or a subreaper)."""
+    # No event fires when the parent dies: polling getppid is the portable way.
+    while os.getppid() == parent_pid:  # noqa: ASYNC110
+        await asyncio.sleep(_PARENT_POLL_SECONDS)
+    logger.warning(
+        "parent process %d is gone; stopping",
+        parent_pid,
+        extra={"katana_event": "worker_orphaned"},
+    )
+
+
 def _child_main(options: _WorkerOptions, log_level: str, log_format: str) -> None:
+    if options.parent_pid is not None:
+        _die_with_parent(options.parent_pid)
     _configure_logging(log_level, log_format)
     service = _prepare(options)
     sys.exit(asyncio.run(_run_worker(service, options)))
 
 
 def _child_options(options: _WorkerOptions, index: int) -> _WorkerOptions:
-    """Child ``index`` (from 1) serves its metrics on its own port."""
+    """Child ``index`` (from 1) serves its metrics on its own port and stops when we die."""
+    options = dataclasses.replace(options, parent_pid=os.getpid())
     if options.metrics_port is None:
         return options
     return dataclasses.replace(options, metrics_port=options.metrics_port + index - 1)

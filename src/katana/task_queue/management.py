@@ -38,12 +38,30 @@ __all__ = [
     "ActionResult",
     "QueueManager",
     "QueueOverview",
+    "attempts_summary",
 ]
 
 #: Statuses a task can be retried from: it ran (or was stopped) and is finished.
 RETRYABLE_STATUSES = TERMINAL_STATUSES
 #: Dead letters: tasks that failed for good.
 DEAD_LETTER_STATUSES = (TaskStatus.FAILED, TaskStatus.DEAD)
+
+
+def attempts_summary(task: Task) -> str:
+    """How many times the task started, against what its retries allow, as operators read it.
+
+    ``max_retries`` bounds the runs that follow a *failure*; a run after a lost worker (killed,
+    or its lease expired) comes on top, bounded by the broker's ``max_deliveries``. So a task
+    with ``max_retries=0`` whose first worker was killed shows "2 (1 allowed by retries; 1 more
+    after a lost worker)", not "2 of at most 1".
+    """
+    allowed = task.max_retries + 1
+    if task.attempts <= allowed:
+        return f"{task.attempts} of {allowed} allowed by retries"
+    return (
+        f"{task.attempts} ({allowed} allowed by retries; "
+        f"{task.attempts - allowed} more after a lost worker)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

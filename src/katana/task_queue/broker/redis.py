@@ -567,7 +567,7 @@ class RedisBroker(AbstractBroker):
             try:
                 task = decode_task(fields, task_id)
             except MalformedRecordError as exc:
-                await self._quarantine_claimed(task_id, exc)
+                await self._quarantine_record(task_id, exc)
                 continue
             self._held[task_id] = task.claim_token or ""
             self._members[task_id] = fields.get(b"member", b"")
@@ -584,8 +584,9 @@ class RedisBroker(AbstractBroker):
             if not self._held:
                 self._held_empty.set()
 
-    async def _quarantine_claimed(self, task_id: str, exc: MalformedRecordError) -> None:
-        """Move a claimed record that does not decode aside, so that no worker runs it."""
+    async def _quarantine_record(self, task_id: str, exc: MalformedRecordError) -> None:
+        """Move a record that does not decode aside, so that no worker runs it (claimed) and
+        no listing counts it (listed)."""
         logger.error(
             "task record %s is malformed and was quarantined: %s",
             task_id,
@@ -1083,14 +1084,19 @@ class RedisBroker(AbstractBroker):
             ],
         )
         tasks = []
+        # A record that does not decode is neither listed nor counted, so the total and the
+        # page agree, and is quarantined, so that later pages do not count it either
+        # (list.lua drops the index entries whose record is gone as it meets them).
+        malformed = 0
         for record in reply[2:]:
             fields = dict(zip(record[::2], record[1::2], strict=True))
             task_id = fields[b"id"].decode(errors="replace")
             try:
                 tasks.append(decode_task(fields, task_id))
             except MalformedRecordError as exc:
-                logger.warning("task record %s is malformed: %s", task_id, exc)
-        return TaskPage(total=int(reply[0]), tasks=tasks, total_is_exact=reply[1] == 1)
+                malformed += 1
+                await self._quarantine_record(task_id, exc)
+        return TaskPage(total=int(reply[0]) - malformed, tasks=tasks, total_is_exact=reply[1] == 1)
 
     async def oldest_due_at(self) -> datetime | None:
         raw = await self._run("oldest_due", [self._now_ms()])

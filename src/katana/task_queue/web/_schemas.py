@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ..listing import MAX_PAGE_SIZE, TaskPage, WorkerInfo
+from ..management import attempts_summary
 from ..models import Task, TaskStatus
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ class TaskOut(BaseModel):
     payload: dict[str, Any]
     attempts: int
     max_retries: int
+    attempts_summary: str = Field(
+        description="attempts against what max_retries allows, and the runs after a lost worker"
+    )
     timeout_seconds: float | None
     unique_key: str | None
     result: Any
@@ -60,6 +64,7 @@ class TaskOut(BaseModel):
             payload=task.payload,
             attempts=task.attempts,
             max_retries=task.max_retries,
+            attempts_summary=attempts_summary(task),
             timeout_seconds=task.timeout_seconds,
             unique_key=task.unique_key,
             result=task.result,

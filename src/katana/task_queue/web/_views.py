@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from ..listing import MAX_PAGE_SIZE, TaskQuery
+from ..management import attempts_summary
 from ..models import TERMINAL_STATUSES, TaskStatus
 from ._deps import CSRF_HEADER, current_manager, current_settings
 
@@ -96,6 +97,7 @@ _environment = Environment(
 _environment.filters.update(json=_pretty_json, timestamp=_timestamp, duration=_duration)
 _environment.globals.update(
     ago=_ago,
+    attempts_summary=attempts_summary,
     statuses=list(TaskStatus),
     terminal_statuses=TERMINAL_STATUSES,
     csrf_header=CSRF_HEADER,

@@ -35,24 +35,29 @@ local function size(source)
   return redis.call('ZCARD', source[1])
 end
 
--- Up to `count` task ids of `source` from position `start` (0-based).
+-- Up to `count` task ids of `source` from position `start` (0-based), and the index members
+-- they were read from (a ready member carries a head before the id).
 local function ids(source, start, count)
   if redis.call('TYPE', source[1]).ok ~= 'zset' then
-    return {}
+    return {}, {}
   end
   local key, how = source[1], source[2]
+  local members
   if how == 'rev' then
-    return redis.call('ZREVRANGE', key, start, start + count - 1)
+    members = redis.call('ZREVRANGE', key, start, start + count - 1)
   elseif how == 'score' then
-    return redis.call('ZRANGEBYSCORE', key, source[3], source[4], 'LIMIT', start, count)
+    members = redis.call('ZRANGEBYSCORE', key, source[3], source[4], 'LIMIT', start, count)
+  else
+    members = redis.call('ZRANGE', key, start, start + count - 1)
   end
-  local members = redis.call('ZRANGE', key, start, start + count - 1)
-  if how == 'ready' then
-    for i, member in ipairs(members) do
-      members[i] = string.sub(member, MEMBER_HEAD + 1)
-    end
+  if how ~= 'ready' then
+    return members, members
   end
-  return members
+  local stripped = {}
+  for i, member in ipairs(members) do
+    stripped[i] = string.sub(member, MEMBER_HEAD + 1)
+  end
+  return stripped, members
 end
 
 local function record_of(id)
@@ -89,24 +94,31 @@ end
 local result = {0, 1}
 if name == '' and text == '' then
   -- No filter: the sizes give the total, and only the page's records are read.
+  -- An entry whose record is gone (quarantined, or deleted by hand) is dropped from its index
+  -- as the page meets it, and not counted, so the total and the page agree.
   local skip, wanted = offset, limit
   for _, source in ipairs(sources) do
     local n = size(source)
-    result[1] = result[1] + n
-    if wanted > 0 and skip < n then
-      for _, id in ipairs(ids(source, skip, wanted)) do
+    local start = skip
+    while wanted > 0 and start < n do
+      local chunk, members = ids(source, start, wanted)
+      if #chunk == 0 then
+        break
+      end
+      for i, id in ipairs(chunk) do
         local record = record_of(id)
         if record then
           result[#result + 1] = record
           wanted = wanted - 1
-        elseif source[1] == all_key then
-          redis.call('ZREM', all_key, id)  -- its record was quarantined: drop the stale entry
+          start = start + 1
+        else
+          redis.call('ZREM', source[1], members[i])
+          n = n - 1
         end
       end
-      skip = 0
-    else
-      skip = skip - math.min(skip, n)
     end
+    result[1] = result[1] + n
+    skip = skip - math.min(skip, n)
   end
   return result
 end

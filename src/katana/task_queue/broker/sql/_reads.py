@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import bisect
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ...listing import FILTER_SCAN_LIMIT, TaskPage, WorkerInfo
 from ...models import TaskStatus
-from ._codec import TASK_COLUMNS, decode_task, from_us
+from ._codec import TASK_COLUMNS, MalformedRowError, decode_task, from_us
 from ._steps import Statement, Steps
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ...listing import TaskQuery
     from ...models import Task
 
@@ -26,6 +29,8 @@ __all__ = [
     "remove_worker",
     "set_paused",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def get_task(queue: str, task_id: str) -> Steps[Task | None]:
@@ -71,11 +76,13 @@ def list_tasks(
         total = int(rows[0][0])
         page = [*params, *order_params, limit, offset]
         rows = yield Statement(f"{select} LIMIT ? OFFSET ?", page)
-        return TaskPage(total=total, tasks=[decode_task(row) for row in rows])
+        tasks = _decodable(rows)
+        # A row that does not decode is neither listed nor counted: the total and page agree.
+        return TaskPage(total=total - (len(rows) - len(tasks)), tasks=tasks)
     # Text is matched as TaskQuery.matches does (Unicode case folding), so in Python, over at
     # most FILTER_SCAN_LIMIT tasks: beyond that the total is a lower bound.
     rows = yield Statement(f"{select} LIMIT ?", [*params, *order_params, FILTER_SCAN_LIMIT])
-    tasks = [decode_task(row) for row in rows]
+    tasks = _decodable(rows)
     now = from_us(due)
     matches = [task for task in tasks if query.matches(task, now)]
     return TaskPage(
@@ -83,6 +90,17 @@ def list_tasks(
         tasks=matches[offset : offset + limit],
         total_is_exact=len(rows) < FILTER_SCAN_LIMIT,
     )
+
+
+def _decodable(rows: Sequence[tuple[Any, ...]]) -> list[Task]:
+    """The tasks of ``rows``; a row that does not decode is logged and left out."""
+    tasks = []
+    for row in rows:
+        try:
+            tasks.append(decode_task(row))
+        except MalformedRowError as exc:
+            logger.warning("%s", exc)
+    return tasks
 
 
 def count_by_status(queue: str) -> Steps[dict[TaskStatus, int]]:
