@@ -22,6 +22,8 @@ from ._validation import (
     check_task_name,
     check_timeout,
     check_unique_key,
+    check_wait_seconds,
+    could_be_task_id,
     detached_payload,
     new_checked_task,
 )
@@ -331,6 +333,9 @@ class TaskQueueService:
             TimeoutError: it did not finish within ``timeout`` seconds.
             TaskNotFoundError: no task has this id (a ``KeyError``, as it was before).
         """
+        timeout = check_wait_seconds(timeout, "timeout")
+        if not could_be_task_id(task_id):
+            raise TaskNotFoundError(f"no task has id {task_id!r:.100}")
         # The deadline is enforced here, around a cancel-safe wait: a broker's own timer could
         # fire inside a driver call that swallows it (see _cancelling).
         async with asyncio.timeout(timeout):
@@ -352,6 +357,8 @@ class TaskQueueService:
         already, changes nothing and returns ``False``: of concurrent calls, exactly one
         returns ``True``.
         """
+        if not could_be_task_id(task_id):
+            return False
         return await cancel_safe(self.broker.cancel(task_id))
 
     async def dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
@@ -368,7 +375,7 @@ class TaskQueueService:
         retakes its ``unique_key``. Raises ``TaskStateError``, and leaves the task as it is,
         if another unfinished task holds that key.
         """
-        task = await cancel_safe(self.broker.get_task(task_id))
+        task = await self.get_task(task_id)
         if task is None or task.status not in (TaskStatus.FAILED, TaskStatus.DEAD):
             return False
         await cancel_safe(self.broker.update_task_status(task_id, TaskStatus.PENDING))
@@ -407,6 +414,8 @@ class TaskQueueService:
 
     async def get_task(self, task_id: str) -> Task | None:
         """The task as the broker has it now, or ``None`` for an unknown id."""
+        if not could_be_task_id(task_id):
+            return None
         return await cancel_safe(self.broker.get_task(task_id))
 
     # -- consuming -----------------------------------------------------------------------
@@ -511,6 +520,10 @@ class TaskQueueService:
         those still running then are interrupted and handed back to the queue as PENDING, so
         no task is dropped or left PROCESSING.
         """
+        grace = check_wait_seconds(timeout, "timeout")
+        if grace is None:
+            raise ValueError("shutdown needs a finite timeout, got None")
+        timeout = grace
         if self._state in (ServiceState.STOPPING, ServiceState.STOPPED):
             await asyncio.gather(*self._worker_tasks, return_exceptions=True)
             return
@@ -545,6 +558,7 @@ class TaskQueueService:
         Delayed tasks count as pending, so this waits for them too. Raises ``TimeoutError``
         after ``timeout`` seconds.
         """
+        timeout = check_wait_seconds(timeout, "timeout")
         async with asyncio.timeout(timeout):
             while True:
                 self._task_done.clear()
