@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
-from ._admin_cli import ADMIN_COMMANDS, command_error
+from ._admin_cli import ADMIN_COMMANDS, command_error, seconds
 from ._loading import broker_from_url, load_service, require_extra
 from ._urls import masked_url
 from .errors import BrokerUnavailableError, ConfigurationError, KatanaError, StorageError
@@ -93,7 +93,7 @@ for _command in ADMIN_COMMANDS:
     "--shutdown-timeout",
     default=30.0,
     show_default=True,
-    type=click.FloatRange(0),
+    type=seconds(0),
     help="Seconds running tasks get to finish on SIGTERM/SIGINT before they are "
     "handed back to the queue.",
 )
