@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from katana.task_queue.broker import redis as redis_broker_module
 from katana.task_queue.broker.redis import RedisBroker
-from katana.task_queue.errors import BrokerClosedError
+from katana.task_queue.errors import BrokerClosedError, InvalidTaskError
 from katana.task_queue.models import TaskStatus
 from katana.task_queue.testing import BrokerContract
 from katana.task_queue.testing._support import make_task
@@ -171,3 +171,24 @@ async def test_outcomes_of_a_claim_that_close_cuts_short_are_still_written(
         await reader.purge()
     assert stored is not None
     assert (stored.status, stored.result) == (TaskStatus.COMPLETED, "done")
+
+
+async def test_a_task_that_cannot_be_encoded_fails_only_its_own_call_in_a_batch(
+    redis_broker: RedisBroker,
+) -> None:
+    # Given 50 concurrent enqueues, coalesced into shared round trips, one of them with a
+    # unique_key that is not valid UTF-8 (the broker is given it as is, past the service)
+    tasks = [make_task(payload={"i": i}) for i in range(50)]
+    tasks[5].unique_key = "\ud800"
+    calls = [
+        redis_broker.enqueue_unique(task) if task.unique_key else redis_broker.enqueue(task)
+        for task in tasks
+    ]
+
+    # When they all finish
+    results = await asyncio.gather(*calls, return_exceptions=True)
+
+    # Then that call alone fails, with InvalidTaskError, and the 49 others are stored
+    assert isinstance(results[5], InvalidTaskError)
+    assert [result for i, result in enumerate(results) if i != 5] == [None] * 49
+    assert (await redis_broker.count_by_status())[TaskStatus.PENDING] == 49

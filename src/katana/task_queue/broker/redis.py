@@ -427,7 +427,9 @@ class RedisBroker(AbstractBroker):
             if existing is not None:
                 return existing
             # It was deleted in between (or its record is unreadable): try again.
-        raise BrokerError(f"task {held_by.decode()!r} keeps {values[0]!r} out but cannot be read")
+        raise BrokerError(
+            f"task {held_by.decode()!r} keeps {values[0].decode()!r} out but cannot be read"
+        )
 
     async def _enqueue_batch(self, batch: list[list[Any]]) -> list[bytes]:
         """One enqueue.lua call for coalesced tasks: for each, b'' or the id that kept it out."""
