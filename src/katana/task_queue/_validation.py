@@ -141,7 +141,8 @@ def could_be_task_id(task_id: object) -> bool:
 
     An id that is not a str, is empty or longer than any id Katana makes or accepts, or holds
     a lone surrogate (it cannot be encoded, so no broker can store or look it up) is unknown
-    everywhere: the service and the manager answer as for any unknown id.
+    to every broker: ``get_task`` gives ``None``, ``cancel`` ``False`` (the conformance suite
+    pins it), so the service, the manager, the CLI and HTTP answer as for any unknown id.
     """
     return (
         isinstance(task_id, str) and 0 < len(task_id) <= MAX_TASK_ID_LENGTH and _encodable(task_id)

@@ -19,7 +19,6 @@ from ._validation import (
     check_max_retries,
     check_task_id,
     check_task_name,
-    could_be_task_id,
     new_checked_task,
 )
 from .errors import TaskNotFoundError, TaskStateError
@@ -144,7 +143,7 @@ class QueueManager:
 
     async def task(self, task_id: str) -> Task:
         """The task with this id; raises ``TaskNotFoundError``."""
-        task = await self.broker.get_task(task_id) if could_be_task_id(task_id) else None
+        task = await self.broker.get_task(task_id)
         if task is None:
             raise TaskNotFoundError(f"no task has id {task_id!r:.100}")  # ids come from users
         return task
