@@ -331,6 +331,7 @@ class TaskQueueService:
             TaskCancelledError: it was cancelled.
             TimeoutError: it did not finish within ``timeout`` seconds.
             TaskNotFoundError: no task has this id (a ``KeyError``, as it was before).
+            ValueError: ``timeout`` is NaN or infinite (``None`` waits without a limit).
         """
         timeout = check_wait_seconds(timeout, "timeout")
         # The deadline is enforced here, around a cancel-safe wait: a broker's own timer could
@@ -511,7 +512,8 @@ class TaskQueueService:
 
         Workers waiting for work stop at once. Running tasks get ``timeout`` seconds to finish;
         those still running then are interrupted and handed back to the queue as PENDING, so
-        no task is dropped or left PROCESSING.
+        no task is dropped or left PROCESSING. ``ValueError`` for a ``timeout`` that is not a
+        finite number (NaN would never run out).
         """
         grace = check_wait_seconds(timeout, "timeout")
         if grace is None:
@@ -549,7 +551,7 @@ class TaskQueueService:
         """Wait until no task is PENDING or PROCESSING in the broker.
 
         Delayed tasks count as pending, so this waits for them too. Raises ``TimeoutError``
-        after ``timeout`` seconds.
+        after ``timeout`` seconds, and ``ValueError`` for a NaN or infinite one.
         """
         timeout = check_wait_seconds(timeout, "timeout")
         async with asyncio.timeout(timeout):
