@@ -39,11 +39,29 @@ def test_an_undecodable_argument_is_one_line_and_exit_code_2(
     assert_one_line_error(finished, 2, fragment, "not valid text")
 
 
-def test_an_undecodable_broker_url_is_one_line_and_its_password_never_shows() -> None:
-    finished = katana("info", "--broker", f"redis://127.0.0.1:6379/0?password=s3cret{NOT_UTF8}")
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(("info",), id="info"),
+        pytest.param(("worker", f"{APP}:plain", "--burst"), id="worker"),
+        pytest.param(("dashboard",), id="dashboard"),
+    ],
+)
+def test_an_undecodable_broker_url_is_one_line_and_its_password_never_shows(
+    command: tuple[str, ...],
+) -> None:
+    url = f"redis://127.0.0.1:6379/0?password=s3cret{NOT_UTF8}"
+
+    finished = katana(*command, "--broker", url)
 
     line = assert_one_line_error(finished, 2, "'--broker'", "not valid text")
     assert "s3cret" not in line
+
+
+def test_an_undecodable_worker_app_is_one_line_and_exit_code_2() -> None:
+    finished = katana("worker", NOT_UTF8, "--burst")
+
+    assert_one_line_error(finished, 2, "'APP'", "not valid text")
 
 
 @pytest.mark.parametrize("value", ["nan", "NaN", "inf"])

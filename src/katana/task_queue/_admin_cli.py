@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN_COMMANDS",
+    "TEXT",
     "BadInputError",
     "cancel",
     "command_error",
@@ -87,7 +88,8 @@ class _Text(click.types.StringParamType):
         return text
 
 
-_TEXT = _Text()
+#: The click type of every str argument and option of ``katana``.
+TEXT = _Text()
 
 
 class _Seconds(click.FloatRange):
@@ -184,14 +186,14 @@ def _targeted(command: Callable[..., None]) -> Callable[..., None]:
         click.option(
             "--app",
             default=None,
-            type=_TEXT,
+            type=TEXT,
             metavar="MODULE:ATTR",
             help="A TaskQueueService (or factory): its broker, and its task names for enqueue.",
         ),
         click.option(
             "--broker",
             "broker_url",
-            type=_TEXT,
+            type=TEXT,
             envvar="KATANA_BROKER_URL",
             default=None,
             metavar="URL",
@@ -200,7 +202,7 @@ def _targeted(command: Callable[..., None]) -> Callable[..., None]:
         click.option(
             "--queue",
             default=None,
-            type=_TEXT,
+            type=TEXT,
             help="Queue name for --broker (default: 'default').",
         ),
     ]
@@ -269,7 +271,7 @@ def _no_constant(name: str) -> Any:
 
 
 @click.command()
-@click.argument("name", type=_TEXT)
+@click.argument("name", type=TEXT)
 @click.option("--payload", default="{}", show_default=True, help="The payload: a JSON object.")
 @click.option("--priority", default=0, show_default=True, type=int, help="Lower runs first.")
 @click.option("--delay", default=0.0, type=seconds(0), help="Seconds before it is due.")
@@ -362,7 +364,7 @@ def _task_lines(task: Task) -> list[str]:
 
 
 @click.command("task")
-@click.argument("task_id", type=_TEXT)
+@click.argument("task_id", type=TEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print the task as one JSON object.")
 @_targeted
 def task_detail(target: _Target, task_id: str, as_json: bool) -> None:
@@ -387,7 +389,7 @@ def _report(done: list[tuple[str, str]], skipped: dict[str, str]) -> None:
 
 
 @click.command()
-@click.argument("task_ids", nargs=-1, required=True, type=_TEXT)
+@click.argument("task_ids", nargs=-1, required=True, type=TEXT)
 @_targeted
 def retry(target: _Target, task_ids: tuple[str, ...]) -> None:
     """Queue finished tasks again, due now (exit code 1 if any was skipped)."""
@@ -396,7 +398,7 @@ def retry(target: _Target, task_ids: tuple[str, ...]) -> None:
 
 
 @click.command()
-@click.argument("task_ids", nargs=-1, required=True, type=_TEXT)
+@click.argument("task_ids", nargs=-1, required=True, type=TEXT)
 @_targeted
 def cancel(target: _Target, task_ids: tuple[str, ...]) -> None:
     """Cancel pending tasks, or stop running ones (exit code 1 if any was skipped)."""
@@ -425,11 +427,11 @@ def _filter_options(command: Callable[..., None]) -> Callable[..., None]:
             default=None,
             help="Only tasks in this status [default: FAILED and DEAD, the dead letters].",
         ),
-        click.option("--name", default=None, type=_TEXT, help="Only tasks with this name."),
+        click.option("--name", default=None, type=TEXT, help="Only tasks with this name."),
         click.option(
             "--text",
             default=None,
-            type=_TEXT,
+            type=TEXT,
             help="Only tasks whose id, name, payload or error contain this text.",
         ),
         click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation."),
