@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from katana.task_queue.broker import redis as redis_broker_module
 from katana.task_queue.broker.redis import RedisBroker
-from katana.task_queue.errors import BrokerClosedError
+from katana.task_queue.errors import BrokerClosedError, InvalidTaskError
 from katana.task_queue.listing import TaskQuery
 from katana.task_queue.models import TaskStatus
 from katana.task_queue.testing import BrokerContract
@@ -199,3 +199,24 @@ async def test_listing_counts_only_the_tasks_it_can_show(
     assert any(note["entry"] == bad.id for note in await redis_broker.quarantined())
     first = await redis_broker.list_tasks(TaskQuery(), limit=1)
     assert (first.total, [task.id for task in first.tasks]) == (1, [good.id])
+
+
+async def test_a_task_that_cannot_be_encoded_fails_only_its_own_call_in_a_batch(
+    redis_broker: RedisBroker,
+) -> None:
+    # Given 50 concurrent enqueues, coalesced into shared round trips, one of them with a
+    # unique_key that is not valid UTF-8 (the broker is given it as is, past the service)
+    tasks = [make_task(payload={"i": i}) for i in range(50)]
+    tasks[5].unique_key = "\ud800"
+    calls = [
+        redis_broker.enqueue_unique(task) if task.unique_key else redis_broker.enqueue(task)
+        for task in tasks
+    ]
+
+    # When they all finish
+    results = await asyncio.gather(*calls, return_exceptions=True)
+
+    # Then that call alone fails, with InvalidTaskError, and the 49 others are stored
+    assert isinstance(results[5], InvalidTaskError)
+    assert [result for i, result in enumerate(results) if i != 5] == [None] * 49
+    assert (await redis_broker.count_by_status())[TaskStatus.PENDING] == 49

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -490,3 +491,47 @@ async def test_totals_count_only_the_tasks_listed_on_redis(redis_url: str, queue
     # Then each total is what the page shows
     assert (tasks["total"], [task["id"] for task in tasks["tasks"]]) == (1, [good.id])
     assert (letters["total"], letters["tasks"]) == (0, [])
+
+
+async def post_raw(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> httpx.Response:
+    """POST ``body`` as Python's json writes it: a lone surrogate becomes the escape "\\ud800",
+    which every JSON parser reads back as that lone surrogate."""
+    return await client.post(
+        path,
+        content=json.dumps(body).encode(),
+        headers={**WRITE, "content-type": "application/json"},
+    )
+
+
+async def test_a_bulk_action_skips_an_id_with_a_lone_surrogate_and_acts_on_the_others(
+    client: httpx.AsyncClient, service: TaskQueueService
+) -> None:
+    first = await service.add_task("ok", {"n": 1}, delay_seconds=600)
+    last = await service.add_task("ok", {"n": 2}, delay_seconds=600)
+
+    bulk = await post_raw(
+        client, "/katana/api/tasks/bulk", {"action": "cancel", "ids": [first.id, "\ud800", last.id]}
+    )
+
+    assert bulk.status_code == 200, bulk.text
+    assert bulk.json()["done"] == [first.id, last.id]
+    assert len(bulk.json()["skipped"]) == 1  # the id as the response could encode it
+    for task in (first, last):
+        stored = await service.get_task(task.id)
+        assert stored is not None
+        assert stored.status is TaskStatus.CANCELLED
+
+
+@pytest.mark.parametrize("action", ["purge", "redrive"])
+@pytest.mark.parametrize("field", ["text", "name"])
+async def test_a_dead_letter_filter_with_a_lone_surrogate_is_a_precise_422(
+    client: httpx.AsyncClient, service: TaskQueueService, action: str, field: str
+) -> None:
+    await service.add_task("bad", {"n": 1})
+    await finish_all(service)
+
+    refused = await post_raw(client, f"/katana/api/dead-letters/{action}", {field: "\ud800"})
+
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"] == f"{field} must be valid Unicode (no lone surrogates)"
+    assert (await client.get("/katana/api/dead-letters")).json()["total"] == 1

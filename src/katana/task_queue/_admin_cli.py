@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,6 +19,7 @@ import click
 import orjson
 
 from ._loading import broker_from_url, load_service
+from ._validation import detached_payload
 from .errors import (
     BrokerError,
     InvalidTaskError,
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN_COMMANDS",
+    "TEXT",
     "BadInputError",
     "cancel",
     "command_error",
@@ -48,6 +52,7 @@ __all__ = [
     "redrive",
     "resume",
     "retry",
+    "seconds",
     "task_detail",
 ]
 
@@ -61,6 +66,60 @@ class BadInputError(click.ClickException):
     """Bad input (a URL, a queue name, an argument): one line on stderr and exit code 2."""
 
     exit_code = 2
+
+
+class _Text(click.types.StringParamType):
+    """A str argument or option that is valid Unicode.
+
+    Click decodes undecodable argv bytes (``$'\\xff'``) to lone surrogates, which no broker
+    can store or look up: they are bad input, refused here as one line and exit code 2.
+    """
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = super().convert(value, param, ctx)
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            # Not echoed: it may be a URL with a password in it.
+            reason = "not valid text (it holds bytes that are not UTF-8)"
+            raise _bad_value(param, ctx, reason) from None
+        return text
+
+
+#: The click type of every str argument and option of ``katana``.
+TEXT = _Text()
+
+
+class _Seconds(click.FloatRange):
+    """A duration in seconds from ``minimum`` up: a finite number, never NaN or infinity
+    (NaN passes every range check, since it compares false with everything)."""
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            raise _bad_value(param, ctx, exc.message) from exc
+        if not math.isfinite(seconds):
+            raise _bad_value(param, ctx, f"{seconds!r} is not a finite number of seconds")
+        return seconds
+
+
+def _bad_value(
+    param: click.Parameter | None, ctx: click.Context | None, reason: str
+) -> BadInputError:
+    """A bad argument or option value as the docs promise it: one line, exit code 2 (click's
+    own ``BadParameter`` adds the usage lines)."""
+    hint = "value" if param is None else param.get_error_hint(ctx)
+    return BadInputError(f"Invalid value for {hint}: {reason}")
+
+
+def seconds(minimum: float) -> click.FloatRange:
+    """The click type of a duration option: finite seconds, at least ``minimum``."""
+    return _Seconds(minimum)
 
 
 def command_error(exc: KatanaError) -> click.ClickException:
@@ -127,18 +186,25 @@ def _targeted(command: Callable[..., None]) -> Callable[..., None]:
         click.option(
             "--app",
             default=None,
+            type=TEXT,
             metavar="MODULE:ATTR",
             help="A TaskQueueService (or factory): its broker, and its task names for enqueue.",
         ),
         click.option(
             "--broker",
             "broker_url",
+            type=TEXT,
             envvar="KATANA_BROKER_URL",
             default=None,
             metavar="URL",
             help="Broker URL, e.g. redis://127.0.0.1:6379/0 [env: KATANA_BROKER_URL].",
         ),
-        click.option("--queue", default=None, help="Queue name for --broker (default: 'default')."),
+        click.option(
+            "--queue",
+            default=None,
+            type=TEXT,
+            help="Queue name for --broker (default: 'default').",
+        ),
     ]
     for option in reversed(options):
         with_target = option(with_target)
@@ -155,7 +221,7 @@ def _targeted(command: Callable[..., None]) -> Callable[..., None]:
     "--interval",
     default=2.0,
     show_default=True,
-    type=click.FloatRange(0.1),
+    type=seconds(0.1),
     help="Seconds between refreshes with --watch.",
 )
 @click.option(
@@ -182,23 +248,33 @@ def info(target: _Target, watch: bool, interval: float, minutes: int) -> None:
 
 
 def _json_object(text: str) -> dict[str, Any]:
+    """The ``--payload`` object, checked as ``add_task`` checks a payload; bad input is one line."""
+    # The stdlib parser keeps big ints exact (orjson would turn them into floats), so the
+    # payload check refuses them here as it does for the Python API and HTTP.
     try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--payload") from exc
+        value = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BadInputError(f"Invalid value for --payload: not valid JSON: {exc}") from exc
     if type(value) is not dict:
-        raise click.BadParameter(
-            f"must be a JSON object ({{...}}), got a JSON {type(value).__name__}",
-            param_hint="--payload",
+        raise BadInputError(
+            "Invalid value for --payload: must be a JSON object ({...}), "
+            f"got a JSON {type(value).__name__}"
         )
-    return value
+    try:
+        return detached_payload(value)
+    except InvalidTaskError as exc:
+        raise BadInputError(f"Invalid value for --payload: {exc}") from exc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", type=TEXT)
 @click.option("--payload", default="{}", show_default=True, help="The payload: a JSON object.")
 @click.option("--priority", default=0, show_default=True, type=int, help="Lower runs first.")
-@click.option("--delay", default=0.0, type=click.FloatRange(0), help="Seconds before it is due.")
+@click.option("--delay", default=0.0, type=seconds(0), help="Seconds before it is due.")
 @click.option("--max-retries", default=None, type=click.IntRange(0), help="Retries on failure.")
 @_targeted
 def enqueue(
@@ -289,7 +365,7 @@ def _task_lines(task: Task) -> list[str]:
 
 
 @click.command("task")
-@click.argument("task_id")
+@click.argument("task_id", type=TEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print the task as one JSON object.")
 @_targeted
 def task_detail(target: _Target, task_id: str, as_json: bool) -> None:
@@ -314,7 +390,7 @@ def _report(done: list[tuple[str, str]], skipped: dict[str, str]) -> None:
 
 
 @click.command()
-@click.argument("task_ids", nargs=-1, required=True)
+@click.argument("task_ids", nargs=-1, required=True, type=TEXT)
 @_targeted
 def retry(target: _Target, task_ids: tuple[str, ...]) -> None:
     """Queue finished tasks again, due now (exit code 1 if any was skipped)."""
@@ -323,7 +399,7 @@ def retry(target: _Target, task_ids: tuple[str, ...]) -> None:
 
 
 @click.command()
-@click.argument("task_ids", nargs=-1, required=True)
+@click.argument("task_ids", nargs=-1, required=True, type=TEXT)
 @_targeted
 def cancel(target: _Target, task_ids: tuple[str, ...]) -> None:
     """Cancel pending tasks, or stop running ones (exit code 1 if any was skipped)."""
@@ -352,10 +428,11 @@ def _filter_options(command: Callable[..., None]) -> Callable[..., None]:
             default=None,
             help="Only tasks in this status [default: FAILED and DEAD, the dead letters].",
         ),
-        click.option("--name", default=None, help="Only tasks with this name."),
+        click.option("--name", default=None, type=TEXT, help="Only tasks with this name."),
         click.option(
             "--text",
             default=None,
+            type=TEXT,
             help="Only tasks whose id, name, payload or error contain this text.",
         ),
         click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation."),

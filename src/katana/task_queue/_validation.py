@@ -26,8 +26,11 @@ __all__ = [
     "check_priority",
     "check_task_id",
     "check_task_name",
+    "check_text",
     "check_timeout",
     "check_unique_key",
+    "check_wait_seconds",
+    "could_be_task_id",
     "detached_payload",
     "json_safe",
     "new_checked_task",
@@ -133,13 +136,63 @@ def check_task_id(task_id: object) -> str:
     return task_id
 
 
+def could_be_task_id(task_id: object) -> bool:
+    """Whether some broker could hold a task with this id.
+
+    An id that is not a str, is empty or longer than any id Katana makes or accepts, or holds
+    a lone surrogate (it cannot be encoded, so no broker can store or look it up) is unknown
+    to every broker: ``get_task`` gives ``None``, ``cancel`` ``False`` (the conformance suite
+    pins it), so the service, the manager, the CLI and HTTP answer as for any unknown id.
+    """
+    return (
+        isinstance(task_id, str) and 0 < len(task_id) <= MAX_TASK_ID_LENGTH and _encodable(task_id)
+    )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from JSON "\ud800" or a bad argv
+        return False
+    return True
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` if it is valid Unicode: ``InvalidTaskError`` for a lone surrogate, which no
+    broker can store, send or compare."""
+    if not _encodable(text):
+        raise InvalidTaskError(
+            f"{what} must be valid Unicode (no lone surrogates), got {text!r:.80}"
+        )
+    return text
+
+
 def check_unique_key(unique_key: object) -> str:
     if not isinstance(unique_key, str) or not 0 < len(unique_key) <= MAX_UNIQUE_KEY_LENGTH:
         raise InvalidTaskError(
             f"unique_key must be a non-empty str of at most {MAX_UNIQUE_KEY_LENGTH} characters,"
             f" got {unique_key!r:.80}"
         )
-    return unique_key
+    return check_text(unique_key, "unique_key")
+
+
+def check_wait_seconds(seconds: object, what: str) -> float | None:
+    """How long to wait: ``None`` (no limit) or a finite number of seconds.
+
+    ``ValueError`` otherwise: NaN compares false with everything, so a NaN deadline would
+    never pass and the wait would have no bound. Zero or less means no time left, as for
+    ``asyncio.timeout``.
+    """
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise ValueError(
+            f"{what} must be a number of seconds or None, got {type(seconds).__name__}"
+        )
+    value = _as_float(seconds, what)
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number of seconds, got {seconds!r:.80}")
+    return value
 
 
 def detached_payload(payload: object) -> dict[str, Any]:

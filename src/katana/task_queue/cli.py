@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import __version__
-from ._admin_cli import ADMIN_COMMANDS, command_error
+from ._admin_cli import ADMIN_COMMANDS, TEXT, command_error, seconds
 from ._loading import broker_from_url, load_service, require_extra
 from ._urls import masked_url
 from .errors import BrokerUnavailableError, ConfigurationError, KatanaError, StorageError
@@ -58,7 +58,7 @@ for _command in ADMIN_COMMANDS:
 
 
 @main.command()
-@click.argument("app")
+@click.argument("app", type=TEXT)
 @click.option(
     "-c",
     "--concurrency",
@@ -93,13 +93,14 @@ for _command in ADMIN_COMMANDS:
     "--shutdown-timeout",
     default=30.0,
     show_default=True,
-    type=click.FloatRange(0),
+    type=seconds(0),
     help="Seconds running tasks get to finish on SIGTERM/SIGINT before they are "
     "handed back to the queue.",
 )
 @click.option(
     "--broker",
     "broker_url",
+    type=TEXT,
     envvar="KATANA_BROKER_URL",
     default=None,
     help="Broker URL overriding the service's own broker [env: KATANA_BROKER_URL].",
@@ -107,6 +108,7 @@ for _command in ADMIN_COMMANDS:
 @click.option(
     "--queue",
     default=None,
+    type=TEXT,
     help="Queue name for --broker (default: the app's broker's queue).",
 )
 @click.option(
@@ -360,12 +362,13 @@ def _run_processes(options: _WorkerOptions, processes: int, log_level: str, log_
 @click.option(
     "--broker",
     "broker_url",
+    type=TEXT,
     envvar="KATANA_BROKER_URL",
     required=True,
     help="Broker URL of the queue to show, e.g. redis://localhost:6379/0 [env: KATANA_BROKER_URL].",
 )
-@click.option("--queue", default=None, help="Queue name (default: 'default').")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--queue", default=None, type=TEXT, help="Queue name (default: 'default').")
+@click.option("--host", default="127.0.0.1", show_default=True, type=TEXT, help="Address to bind.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--read-only", is_flag=True, help="Show the queue; refuse every action.")
 def _dashboard(broker_url: str, queue: str | None, host: str, port: int, read_only: bool) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from .errors import InvalidTaskError
 from .models import Task, TaskStatus
 
 __all__ = [
@@ -56,6 +57,10 @@ class TaskQuery:
             raise ValueError("scheduled only applies to PENDING tasks")
         if self.scheduled is not None and self.status is None:
             object.__setattr__(self, "status", TaskStatus.PENDING)
+        for what, value in (("name", self.name), ("text", self.text)):
+            if value is not None and not _encodable(value):
+                # A lone surrogate (JSON "\ud800", bad argv) cannot be sent to a broker.
+                raise InvalidTaskError(f"{what} must be valid Unicode (no lone surrogates)")
         if self.text is not None and not self.text.strip():
             object.__setattr__(self, "text", None)
 
@@ -154,6 +159,14 @@ class WorkerInfo:
 
 def _from_timestamp(value: Any) -> datetime:
     return datetime.fromtimestamp(float(value), UTC)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_page(limit: int, offset: int) -> None:

@@ -30,7 +30,14 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 
-__all__ = ["MAX_JOB_KEY_LENGTH", "MIN_EVERY_SECONDS", "PeriodicJob", "Schedule", "Scheduler"]
+__all__ = [
+    "MAX_EVERY_SECONDS",
+    "MAX_JOB_KEY_LENGTH",
+    "MIN_EVERY_SECONDS",
+    "PeriodicJob",
+    "Schedule",
+    "Scheduler",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 #: The shortest interval ``every`` accepts.
 MIN_EVERY_SECONDS = 0.001
+#: The longest interval ``every`` accepts (100 years): its slots, multiples of it since the
+#: epoch, must stay instants a ``datetime`` can hold.
+MAX_EVERY_SECONDS = 100 * 365.25 * 24 * 3600
 #: The longest job key: its slot keys (key plus an ISO instant) must stay valid unique keys.
 MAX_JOB_KEY_LENGTH = 400
 #: Longest the loop sleeps without reading the clock again, in case the wall clock jumped.
@@ -116,9 +126,10 @@ def _seconds(every: object) -> float:
         seconds = float(every)
     else:
         raise InvalidTaskError(f"every must be a number of seconds or a timedelta, got {every!r}")
-    if not math.isfinite(seconds) or seconds < MIN_EVERY_SECONDS:
+    if not math.isfinite(seconds) or not MIN_EVERY_SECONDS <= seconds <= MAX_EVERY_SECONDS:
         raise InvalidTaskError(
-            f"every must be a positive interval of at least {MIN_EVERY_SECONDS} s, got {every!r}"
+            f"every must be a positive interval of at least {MIN_EVERY_SECONDS} s and at most "
+            f"{MAX_EVERY_SECONDS:.0f} s (100 years), got {every!r:.80}"
         )
     return seconds
 

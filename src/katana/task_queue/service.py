@@ -22,6 +22,7 @@ from ._validation import (
     check_task_name,
     check_timeout,
     check_unique_key,
+    check_wait_seconds,
     detached_payload,
     new_checked_task,
 )
@@ -330,7 +331,9 @@ class TaskQueueService:
             TaskCancelledError: it was cancelled.
             TimeoutError: it did not finish within ``timeout`` seconds.
             TaskNotFoundError: no task has this id (a ``KeyError``, as it was before).
+            ValueError: ``timeout`` is NaN or infinite (``None`` waits without a limit).
         """
+        timeout = check_wait_seconds(timeout, "timeout")
         # The deadline is enforced here, around a cancel-safe wait: a broker's own timer could
         # fire inside a driver call that swallows it (see _cancelling).
         async with asyncio.timeout(timeout):
@@ -368,7 +371,7 @@ class TaskQueueService:
         retakes its ``unique_key``. Raises ``TaskStateError``, and leaves the task as it is,
         if another unfinished task holds that key.
         """
-        task = await cancel_safe(self.broker.get_task(task_id))
+        task = await self.get_task(task_id)
         if task is None or task.status not in (TaskStatus.FAILED, TaskStatus.DEAD):
             return False
         await cancel_safe(self.broker.update_task_status(task_id, TaskStatus.PENDING))
@@ -509,8 +512,13 @@ class TaskQueueService:
 
         Workers waiting for work stop at once. Running tasks get ``timeout`` seconds to finish;
         those still running then are interrupted and handed back to the queue as PENDING, so
-        no task is dropped or left PROCESSING.
+        no task is dropped or left PROCESSING. ``ValueError`` for a ``timeout`` that is not a
+        finite number (NaN would never run out).
         """
+        grace = check_wait_seconds(timeout, "timeout")
+        if grace is None:
+            raise ValueError("shutdown needs a finite timeout, got None")
+        timeout = grace
         if self._state in (ServiceState.STOPPING, ServiceState.STOPPED):
             await asyncio.gather(*self._worker_tasks, return_exceptions=True)
             return
@@ -543,8 +551,9 @@ class TaskQueueService:
         """Wait until no task is PENDING or PROCESSING in the broker.
 
         Delayed tasks count as pending, so this waits for them too. Raises ``TimeoutError``
-        after ``timeout`` seconds.
+        after ``timeout`` seconds, and ``ValueError`` for a NaN or infinite one.
         """
+        timeout = check_wait_seconds(timeout, "timeout")
         async with asyncio.timeout(timeout):
             while True:
                 self._task_done.clear()

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from ..errors import InvalidTaskError
 from ..models import Task, TaskStatus
 
 __all__ = [
@@ -32,10 +33,14 @@ def epoch_ms(moment: datetime) -> int:
 
 
 def encode_new_task(task: Task, *, unique: bool = False) -> list[Any]:
-    """The values ``enqueue.lua`` takes for one task (its unique key only if ``unique``)."""
+    """The values ``enqueue.lua`` takes for one task (its unique key only if ``unique``).
+
+    Strings are encoded here, for this task alone: a value that is not valid UTF-8 fails
+    its own caller with ``InvalidTaskError``, and never the batch it would have joined.
+    """
     return [
-        task.id,
-        task.name,
+        _utf8(task.id, "task id"),
+        _utf8(task.name, "task name"),
         orjson.dumps(task.payload),
         task.priority,
         repr(task.created_at.timestamp()),
@@ -43,9 +48,16 @@ def encode_new_task(task: Task, *, unique: bool = False) -> list[Any]:
         epoch_ms(task.scheduled_at),
         task.max_retries,
         "" if task.timeout_seconds is None else repr(task.timeout_seconds),
-        task.unique_key or "" if unique else "",
+        _utf8(task.unique_key or "", "unique_key") if unique else b"",
         "" if task.trace_context is None else orjson.dumps(task.trace_context),
     ]
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate
+        raise InvalidTaskError(f"{what} must be valid Unicode (no lone surrogates)") from exc
 
 
 def decode_task(fields: dict[bytes, bytes], task_id: str) -> Task:

@@ -63,6 +63,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .._cancelling import cancel_safe
 from .._urls import check_redis_url, masked_url
+from .._validation import could_be_task_id
 from ..errors import (
     BrokerClosedError,
     BrokerError,
@@ -439,7 +440,9 @@ class RedisBroker(AbstractBroker):
             if existing is not None:
                 return existing
             # It was deleted in between (or its record is unreadable): try again.
-        raise BrokerError(f"task {held_by.decode()!r} keeps {values[0]!r} out but cannot be read")
+        raise BrokerError(
+            f"task {held_by.decode()!r} keeps {values[0].decode()!r} out but cannot be read"
+        )
 
     async def _enqueue_batch(self, batch: list[list[Any]]) -> list[bytes]:
         """One enqueue.lua call for coalesced tasks: for each, b'' or the id that kept it out."""
@@ -995,6 +998,9 @@ class RedisBroker(AbstractBroker):
         return not reply[0]  # no lost ids: the claim was renewed
 
     async def cancel(self, task_id: str) -> bool:
+        if not could_be_task_id(task_id):  # not encodable: no task has it
+            self._ensure_open()
+            return False
         return int(await self._run_repairing("cancel", [self._now_ms(), task_id])) > 0
 
     def add_cancel_listener(self, listener: Callable[[str], None]) -> None:
@@ -1032,6 +1038,9 @@ class RedisBroker(AbstractBroker):
     # -- reading -------------------------------------------------------------------------
 
     async def get_task(self, task_id: str) -> Task | None:
+        if not could_be_task_id(task_id):  # not encodable: no task has it
+            self._ensure_open()
+            return None
         with self._direct():
             try:
                 fields = await self._client.hgetall(f"{self.prefix}:task:{task_id}")
@@ -1173,6 +1182,9 @@ class RedisBroker(AbstractBroker):
         return sorted(workers, key=lambda info: info.id)
 
     async def delete_task(self, task_id: str) -> bool:
+        if not could_be_task_id(task_id):  # not encodable: no task has it
+            self._ensure_open()
+            raise KeyError(task_id)
         code = int(await self._run_repairing("delete", [self._now_ms(), task_id]))
         if code < 0:
             raise KeyError(task_id)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from .._validation import could_be_task_id
 from ..errors import BrokerClosedError, BrokerError, StorageError
 from ..listing import check_page
 from ..models import TERMINAL_STATUSES, Task, TaskStatus
@@ -506,6 +507,9 @@ class SqliteBroker(AbstractBroker):
         return await self._write(steps.extend_lease(self.queue, task_id, claim_token, until))
 
     async def cancel(self, task_id: str) -> bool:
+        if not could_be_task_id(task_id):  # not encodable: no task has it
+            self._ensure_open()
+            return False
         code = await self._write(steps.cancel(self.queue, task_id, self._now_us()))
         if code == 1:
             self._changed(task_id)
@@ -601,6 +605,9 @@ class SqliteBroker(AbstractBroker):
     # -- reading -------------------------------------------------------------------------
 
     async def get_task(self, task_id: str) -> Task | None:
+        if not could_be_task_id(task_id):  # not encodable: no task has it
+            self._ensure_open()
+            return None
         return await self._read(reads.get_task(self.queue, task_id))
 
     async def list_tasks(self, query: TaskQuery, *, limit: int = 50, offset: int = 0) -> TaskPage:
@@ -635,6 +642,9 @@ class SqliteBroker(AbstractBroker):
         return await self._write(reads.list_workers(self.queue, self._now_us()))
 
     async def delete_task(self, task_id: str) -> bool:
+        if not could_be_task_id(task_id):  # not encodable: no task has it
+            self._ensure_open()
+            raise KeyError(task_id)
         code = await self._write(steps.delete_task(self.queue, task_id))
         if code < 0:
             raise KeyError(task_id)

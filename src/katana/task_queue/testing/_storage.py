@@ -274,6 +274,22 @@ class StorageContract(ContractBase):
         with pytest.raises(KeyError):
             await broker.update_task_status("no-such-task", TaskStatus.CANCELLED)
 
+    @pytest.mark.parametrize("task_id", ["\ud800", "a\udcff", "x" * 10_000, ""])
+    async def test_an_id_no_broker_could_store_is_unknown(
+        self, broker: AbstractBroker, task_id: str
+    ) -> None:
+        # Ids arrive from JSON bodies and argv, where a lone surrogate is a valid str: no
+        # broker can encode it, so none has a task with it, and each answers as for any
+        # unknown id instead of failing in its driver.
+        await broker.enqueue(make_task())
+
+        assert await broker.get_task(task_id) is None
+        assert await broker.cancel(task_id) is False
+        assert await broker.wait_finished(task_id, timeout=5) is None
+        with pytest.raises(KeyError):
+            await broker.delete_task(task_id)
+        assert (await broker.count_by_status())[TaskStatus.PENDING] == 1
+
     @pytest.mark.parametrize("status", [s for s in TaskStatus if s is not TaskStatus.PENDING])
     async def test_update_task_status_takes_a_task_out_of_the_queue(
         self, broker: AbstractBroker, status: TaskStatus
