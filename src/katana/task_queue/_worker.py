@@ -37,7 +37,7 @@ __all__ = ["CANCEL_GRACE_SECONDS", "Worker"]
 CANCEL_GRACE_SECONDS = 1.0
 
 #: Why an executor was cancelled; decides what is recorded if it ignores the cancellation.
-CancelReason = Literal["timeout", "cancel", "shutdown"]
+_CancelReason = Literal["timeout", "cancel", "shutdown"]
 
 #: A worker hands the event loop back at least this often even when every task it runs
 #: finishes without awaiting anything, so one busy worker cannot starve the application.
@@ -119,7 +119,7 @@ class Worker:
             self.retired = True
             self._on_abandoned(self, None)
 
-    def _arm_watchdog(self, task: Task, delay: float, reason: CancelReason) -> None:
+    def _arm_watchdog(self, task: Task, delay: float, reason: _CancelReason) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
         loop = asyncio.get_running_loop()
@@ -130,7 +130,7 @@ class Worker:
             self._watchdog.cancel()
             self._watchdog = None
 
-    def _give_up(self, task: Task, reason: CancelReason) -> None:
+    def _give_up(self, task: Task, reason: _CancelReason) -> None:
         """The executor of ``task`` ignored its cancel: record its outcome and retire the slot."""
         self._watchdog = None
         if self.retired or self.current is not task or not self._in_executor:
@@ -153,7 +153,7 @@ class Worker:
         )
         self._on_abandoned(self, recording)
 
-    async def _record_abandoned(self, task: Task, reason: CancelReason) -> None:
+    async def _record_abandoned(self, task: Task, reason: _CancelReason) -> None:
         """Record the outcome the cancel of an abandoned executor stood for."""
         try:
             if reason == "timeout":
