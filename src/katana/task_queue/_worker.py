@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import tracing
 from ._events import log_task_event, logger
@@ -28,7 +28,16 @@ if TYPE_CHECKING:
     from .broker.base import AbstractBroker
     from .models import Task, TaskExecutor
 
-__all__ = ["Worker"]
+__all__ = ["CANCEL_GRACE_SECONDS", "Worker"]
+
+#: After Katana cancels an executor (time limit, ``cancel``, shutdown, lost claim), how long it
+#: waits for the coroutine to end before it gives up on it: asyncio cannot stop a coroutine
+#: that swallows ``CancelledError``, so Katana records the outcome the cancel stood for and
+#: stops waiting. The worker slot stays with the abandoned coroutine and takes no other task.
+CANCEL_GRACE_SECONDS = 1.0
+
+#: Why an executor was cancelled; decides what is recorded if it ignores the cancellation.
+_CancelReason = Literal["timeout", "cancel", "shutdown"]
 
 #: A worker hands the event loop back at least this often even when every task it runs
 #: finishes without awaiting anything, so one busy worker cannot starve the application.
@@ -54,6 +63,7 @@ class Worker:
         *,
         should_stop: Callable[[], bool],
         on_task_done: Callable[[], None],
+        on_abandoned: Callable[[Worker, asyncio.Task[None] | None], None],
     ) -> None:
         self.name = name
         self._broker = broker
@@ -61,6 +71,13 @@ class Worker:
         self._policies = policies
         self._should_stop = should_stop
         self._on_task_done = on_task_done
+        self._on_abandoned = on_abandoned
+        #: True once the worker gave up on an executor that ignored its cancellation: the
+        #: abandoned coroutine keeps this slot, whose outcome is dropped when it ends.
+        self.retired = False
+        # Armed only when a cancel is sent or the task has a time limit: gives up on the
+        # executor if it is still running CANCEL_GRACE_SECONDS after its cancel.
+        self._watchdog: asyncio.TimerHandle | None = None
         #: True while the worker waits in ``dequeue``: cancelling it then loses nothing.
         self.idle = False
         #: The task being run, if any.
@@ -88,6 +105,65 @@ class Worker:
         if self._cancelling != task_id:
             self._cancelling = task_id
             self._runner.cancel()
+            self._arm_watchdog(current, CANCEL_GRACE_SECONDS, "cancel")
+
+    def abandon_if_stuck(self) -> None:
+        """At shutdown, give up on an executor still running after its cancel and grace.
+
+        The task is handed back (fenced by its claim token) as an interrupted one would be.
+        """
+        if self.current is not None and self._in_executor:
+            self._give_up(self.current, "shutdown")
+        elif not self.retired:
+            # Stuck outside its executor (a broker call): nothing to record; its lease expires.
+            self.retired = True
+            self._on_abandoned(self, None)
+
+    def _arm_watchdog(self, task: Task, delay: float, reason: _CancelReason) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        loop = asyncio.get_running_loop()
+        self._watchdog = loop.call_later(delay, self._give_up, task, reason)
+
+    def _disarm_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _give_up(self, task: Task, reason: _CancelReason) -> None:
+        """The executor of ``task`` ignored its cancel: record its outcome and retire the slot."""
+        self._watchdog = None
+        if self.retired or self.current is not task or not self._in_executor:
+            return  # it ended meanwhile
+        self.retired = True
+        log_task_event(
+            logging.ERROR,
+            "executor_ignored_cancel",
+            task,
+            "the executor of task %s (%s) ignored its cancellation (%s) for %gs; it is "
+            "abandoned and its worker slot retired",
+            task.id,
+            task.name,
+            reason,
+            CANCEL_GRACE_SECONDS,
+            details={"cancel_reason": reason},
+        )
+        recording = asyncio.create_task(
+            self._record_abandoned(task, reason), name=f"katana-{self.name}-abandoned"
+        )
+        self._on_abandoned(self, recording)
+
+    async def _record_abandoned(self, task: Task, reason: _CancelReason) -> None:
+        """Record the outcome the cancel of an abandoned executor stood for."""
+        try:
+            if reason == "timeout":
+                await self._handle_failure(task, _ignored_timeout(task.timeout_seconds))
+            elif reason == "cancel":
+                await self._record_cancelled(task)  # a lost claim: the fence records nothing
+            else:
+                await self._hand_back(task)
+        finally:
+            self._on_task_done()
 
     async def run(self) -> None:
         self._runner = asyncio.current_task()
@@ -101,7 +177,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         last_yield = loop.time()
         backoff = _BACKOFF_FIRST_SECONDS
-        while not self._should_stop():
+        while not self._should_stop() and not self.retired:
             self.idle = True
             try:
                 task = await self._broker.dequeue()
@@ -132,7 +208,8 @@ class Worker:
                 await self._process(task)
             finally:
                 self.current = None
-                self._on_task_done()
+                if not self.retired:  # else _record_abandoned reported it
+                    self._on_task_done()
             now = loop.time()
             if now - last_yield >= _YIELD_EVERY_SECONDS:
                 await asyncio.sleep(0)
@@ -186,6 +263,8 @@ class Worker:
             task.name,
             task.attempts,
         )
+        if task.timeout_seconds is not None:
+            self._arm_watchdog(task, task.timeout_seconds + CANCEL_GRACE_SECONDS, "timeout")
         try:
             self._in_executor = True
             token = running(broker, task)
@@ -194,14 +273,21 @@ class Worker:
             finally:
                 self._in_executor = False
                 reset_running(token)
+                self._disarm_watchdog()
         except asyncio.CancelledError as exc:
+            if self.retired:
+                raise  # abandoned: its outcome is recorded already; the slot ends
             await self._interrupted(task, exc)
             return
         except Exception as exc:
+            if self.retired:
+                return  # abandoned: the claim token is spent, the outcome dropped
             if self._cancelling == task.id:  # cancel() said yes: that outcome wins
                 await self._end_cancelled(task)
             else:
                 await self._handle_failure(task, exc)
+            return
+        if self.retired:
             return
         if self._cancelling == task.id:
             # cancel() said yes, yet the executor returned: it swallowed the CancelledError,
@@ -227,12 +313,16 @@ class Worker:
             return
         # Stopped before finishing: give the task back so another worker runs it. Nothing
         # failed, so the interrupted attempt does not count against its retries.
+        await self._hand_back(task)
+        raise exc
+
+    async def _hand_back(self, task: Task) -> None:
         try:
             handing_back = self._broker.hand_back(task.id, claim_token=task.claim_token or "")
             await asyncio.shield(handing_back)
         except (BrokerError, KeyError) as error:  # KeyError: its record was deleted
             _log_not_recorded(task, error)  # its lease will expire and hand it back
-            raise exc from None
+            return
         log_task_event(
             logging.WARNING,
             "task_requeued",
@@ -240,7 +330,6 @@ class Worker:
             "task %s was interrupted and is PENDING again",
             task.id,
         )
-        raise exc
 
     async def _record_result(self, task: Task, value: Any) -> None:
         try:
@@ -396,6 +485,13 @@ async def _run(executor: TaskExecutor, task: Task) -> Any:
 def _timed_out(limit: float) -> TaskTimeoutError:
     return TaskTimeoutError(
         f"the attempt ran longer than its timeout of {limit:g}s and was cancelled"
+    )
+
+
+def _ignored_timeout(limit: float | None) -> TaskTimeoutError:
+    return TaskTimeoutError(
+        f"the attempt ran longer than its timeout of {limit or 0:g}s and the executor ignored "
+        f"its cancellation for {CANCEL_GRACE_SECONDS:g}s; it was abandoned"
     )
 
 

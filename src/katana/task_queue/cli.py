@@ -244,7 +244,28 @@ async def _run_worker(service: TaskQueueService, options: _WorkerOptions) -> int
     if metrics is not None:
         metrics.stop()
     await broker.close()
+    if service.abandoned_executors:
+        _exit_leaving_abandoned(service.abandoned_executors)
     return 0
+
+
+def _exit_leaving_abandoned(count: int) -> None:
+    """Exit now (code 0), leaving behind executors that ignored their cancellation.
+
+    Their tasks' outcomes are recorded already. ``asyncio.run`` would cancel them once more
+    and wait for them forever (and interpreter exit would join any executor threads), so the
+    process ends without running that cleanup.
+    """
+    logger.error(
+        "exiting with %d executor(s) that ignored their cancellation still running; "
+        "their tasks were handed back or recorded",
+        count,
+        extra={"katana_event": "worker_exit_abandoned"},
+    )
+    logging.shutdown()  # flushes every handler
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 async def _connect(broker: AbstractBroker, stop: asyncio.Event) -> bool:

@@ -26,7 +26,7 @@ from ._validation import (
     detached_payload,
     new_checked_task,
 )
-from ._worker import Worker
+from ._worker import CANCEL_GRACE_SECONDS, Worker
 from .errors import (
     BrokerError,
     InvalidTaskError,
@@ -93,6 +93,10 @@ class TaskQueueService:
         self._workers: list[Worker] = []
         self._worker_tasks: list[asyncio.Task[None]] = []
         self._slots_started = 0
+        # Slots retired with an executor that ignored its cancellation (its coroutine still
+        # runs; nothing waits for it), and the writes of those executors' outcomes.
+        self._abandoned: set[asyncio.Task[None]] = set()
+        self._recording: set[asyncio.Task[None]] = set()
         self._in_flight = 0
         self._processed = 0
         self._task_done = asyncio.Event()
@@ -447,6 +451,7 @@ class TaskQueueService:
             self._policies,
             should_stop=self._stopping,
             on_task_done=self._on_task_done,
+            on_abandoned=self._slot_abandoned,
         )
         worker_task = asyncio.create_task(worker.run(), name=f"katana-{worker.name}")
         self._workers.append(worker)
@@ -456,8 +461,9 @@ class TaskQueueService:
 
     def _slot_ended(self, worker: Worker, worker_task: asyncio.Task[None]) -> None:
         """A worker slot ended while the service runs: log it, and replace it if it crashed."""
-        if self._state is not ServiceState.RUNNING:
-            return  # shutdown() stops the slots and waits for them
+        if worker.retired or self._state is not ServiceState.RUNNING:
+            # A retired slot was replaced already; shutdown() stops the slots and waits.
+            return
         index = self._worker_tasks.index(worker_task)
         del self._workers[index], self._worker_tasks[index]
         if worker_task.cancelled():
@@ -483,6 +489,42 @@ class TaskQueueService:
         # Returned normally: the broker was closed, which it logged.
         if self._presence is not None:
             self._presence.refresh()  # the record shows the live slots
+
+    def _slot_abandoned(self, worker: Worker, recording: asyncio.Task[None] | None) -> None:
+        """``worker`` gave up on an executor that ignored its cancel: replace the slot.
+
+        The slot's asyncio task keeps running the abandoned coroutine; nothing waits for it,
+        and it takes no other task. ``recording`` writes the outcome the cancel stood for
+        (``None``: the slot was stuck outside its executor, its lease will hand the task back).
+        """
+        if recording is not None:
+            self._recording.add(recording)
+            recording.add_done_callback(self._recording.discard)
+        index = self._workers.index(worker)
+        worker_task = self._worker_tasks[index]
+        del self._workers[index], self._worker_tasks[index]
+        self._abandoned.add(worker_task)
+        worker_task.add_done_callback(self._abandoned.discard)
+        if self._state is ServiceState.RUNNING:
+            replacement = self._start_slot()
+            logger.error(
+                "worker %s is retired with an executor that ignored its cancellation; %s "
+                "replaces it",
+                worker.name,
+                replacement.get_name().removeprefix("katana-"),
+                extra={"katana_event": "worker_retired"},
+            )
+        if self._presence is not None:
+            self._presence.refresh()
+
+    @property
+    def abandoned_executors(self) -> int:
+        """How many executor coroutines ignored their cancellation and still run.
+
+        Their tasks' outcomes were recorded when the worker gave up on them
+        (``CANCEL_GRACE_SECONDS`` after the cancel); when one ends its outcome is dropped.
+        """
+        return len(self._abandoned)
 
     def _cancel_running(self, task_id: str) -> None:
         for worker in self._workers:
@@ -512,15 +554,17 @@ class TaskQueueService:
 
         Workers waiting for work stop at once. Running tasks get ``timeout`` seconds to finish;
         those still running then are interrupted and handed back to the queue as PENDING, so
-        no task is dropped or left PROCESSING. ``ValueError`` for a ``timeout`` that is not a
-        finite number (NaN would never run out).
+        no task is dropped or left PROCESSING. An executor that ignores that cancellation
+        for ``CANCEL_GRACE_SECONDS`` is abandoned (its task is handed back all the same), so
+        this returns within ``timeout`` plus that grace whatever executors do. ``ValueError``
+        for a ``timeout`` that is not a finite number (NaN would never run out).
         """
         grace = check_wait_seconds(timeout, "timeout")
         if grace is None:
             raise ValueError("shutdown needs a finite timeout, got None")
         timeout = grace
         if self._state in (ServiceState.STOPPING, ServiceState.STOPPED):
-            await asyncio.gather(*self._worker_tasks, return_exceptions=True)
+            await asyncio.gather(*self._worker_tasks, *self._recording, return_exceptions=True)
             return
         self._state = ServiceState.STOPPING
         await self._scheduler.stop()
@@ -539,13 +583,25 @@ class TaskQueueService:
             _, late = await asyncio.wait(running, timeout=timeout)
             for worker_task in late:
                 worker_task.cancel()
-        await asyncio.gather(*self._worker_tasks, return_exceptions=True)
+        await self._wait_slots_or_abandon()
+        if self._recording:
+            await asyncio.gather(*self._recording, return_exceptions=True)
         with contextlib.suppress(BrokerError):  # else their leases expire and hand them back
             await self.broker.release_claimed_ahead()
         if self._presence is not None:
             await self._presence.stop()
         self._state = ServiceState.STOPPED
         logger.info("shutdown complete", extra={"katana_event": "shutdown_complete"})
+
+    async def _wait_slots_or_abandon(self) -> None:
+        """Wait for the cancelled slots; abandon those that ignore it past the grace."""
+        live = [task for task in self._worker_tasks if not task.done()]
+        if live:
+            _, stuck = await asyncio.wait(live, timeout=CANCEL_GRACE_SECONDS)
+            for worker, worker_task in list(zip(self._workers, self._worker_tasks, strict=True)):
+                if worker_task in stuck:
+                    worker.abandon_if_stuck()  # calls _slot_abandoned
+        await asyncio.gather(*self._worker_tasks, return_exceptions=True)
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Wait until no task is PENDING or PROCESSING in the broker.
