@@ -18,6 +18,7 @@ from .errors import (
     BrokerError,
     InvalidTaskError,
     Retry,
+    TaskNotFoundError,
     TaskTimeoutError,
     UnknownTaskError,
 )
@@ -320,7 +321,7 @@ class Worker:
         try:
             handing_back = self._broker.hand_back(task.id, claim_token=task.claim_token or "")
             await asyncio.shield(handing_back)
-        except (BrokerError, KeyError) as error:  # KeyError: its record was deleted
+        except (BrokerError, TaskNotFoundError) as error:  # its record was deleted
             _log_not_recorded(task, error)  # its lease will expire and hand it back
             return
         log_task_event(
@@ -375,7 +376,7 @@ class Worker:
             recorded = await asyncio.shield(
                 self._broker.mark_cancelled(task.id, claim_token=task.claim_token)
             )
-        except (BrokerError, KeyError) as error:
+        except (BrokerError, TaskNotFoundError) as error:
             _log_not_recorded(task, error)
             return
         if recorded:
@@ -411,7 +412,7 @@ class Worker:
                 error=error,
                 traceback=None if asked else "".join(traceback.format_exception(exc)),
             )
-        except (BrokerError, KeyError) as broker_error:  # KeyError: its record was deleted
+        except (BrokerError, TaskNotFoundError) as broker_error:  # its record was deleted
             _log_not_recorded(task, broker_error)
             return
         if recorded:
@@ -438,7 +439,7 @@ class Worker:
                 traceback="".join(traceback.format_exception(exc)),
                 claim_token=task.claim_token,
             )
-        except (BrokerError, KeyError) as broker_error:  # KeyError: its record was deleted
+        except (BrokerError, TaskNotFoundError) as broker_error:  # its record was deleted
             _log_not_recorded(task, broker_error)
             return
         if recorded:

@@ -66,6 +66,11 @@ class TaskNotFoundError(KatanaError, KeyError):
     # KeyError's own __str__ shows the repr of its argument: the message would be quoted.
     __str__ = Exception.__str__
 
+    @classmethod
+    def for_id(cls, task_id: str) -> TaskNotFoundError:
+        """The error for ``task_id``, named (cut short: ids arrive from users) in its message."""
+        return cls(f"no task has id {task_id!r:.100}")
+
 
 class TaskStateError(KatanaError, ValueError):
     """The task's status does not allow the requested action (e.g. deleting a running task)."""

@@ -343,7 +343,7 @@ class TaskQueueService:
         async with asyncio.timeout(timeout):
             task = await cancel_safe(self.broker.wait_finished(task_id, timeout))
         if task is None:
-            raise TaskNotFoundError(f"no task has id {task_id!r:.100}")
+            raise TaskNotFoundError.for_id(task_id)
         if task.status is TaskStatus.COMPLETED:
             return task.result
         if task.status is TaskStatus.CANCELLED:

@@ -125,7 +125,7 @@ class AbstractBroker(ABC):
         """Set a task's status as one step (the seed's low-level setter).
 
         Setting PENDING makes the task dequeueable again; setting any other status takes it
-        out of the queue. Raises ``KeyError`` for an unknown id.
+        out of the queue. Raises ``TaskNotFoundError`` (a ``KeyError``) for an unknown id.
 
         Setting PENDING on a finished task redrives it: it retakes its ``unique_key`` and gets
         its full retry budget again (``attempts`` starts again at 0; ``errors`` is kept, and
@@ -305,7 +305,7 @@ class AbstractBroker(ABC):
     async def delete_task(self, task_id: str) -> bool:
         """Delete a finished task; ``False`` (and nothing done) if it is not finished.
 
-        Raises ``KeyError`` for an unknown id.
+        Raises ``TaskNotFoundError`` (a ``KeyError``) for an unknown id.
         """
 
     @abstractmethod

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import BrokerClosedError
+from ..errors import BrokerClosedError, TaskNotFoundError
 from ..listing import TaskPage, check_page
 from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error
 from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker, redrive_refused
@@ -319,7 +319,7 @@ class InMemoryBroker(AbstractBroker):
     def _claimed(self, task_id: str, claim_token: str | None) -> Task | None:
         task = self._tasks.get(task_id)
         if task is None:
-            raise KeyError(task_id)
+            raise TaskNotFoundError.for_id(task_id)
         if claim_token is not None and (
             task.claim_token != claim_token or task.status is not TaskStatus.PROCESSING
         ):
@@ -491,7 +491,7 @@ class InMemoryBroker(AbstractBroker):
         self._forget_expired()
         task = self._tasks.get(task_id)
         if task is None:
-            raise KeyError(task_id)
+            raise TaskNotFoundError.for_id(task_id)
         if status is TaskStatus.PENDING:
             if task.status in TERMINAL_STATUSES:
                 self._redrive(task)
@@ -617,7 +617,7 @@ class InMemoryBroker(AbstractBroker):
         self._forget_expired()
         task = self._tasks.get(task_id)
         if task is None:
-            raise KeyError(task_id)
+            raise TaskNotFoundError.for_id(task_id)
         if task.status not in TERMINAL_STATUSES:
             return False
         del self._tasks[task_id]

@@ -70,6 +70,7 @@ from ..errors import (
     BrokerOutcomeUnknownError,
     BrokerUnavailableError,
     ConfigurationError,
+    TaskNotFoundError,
 )
 from ..listing import FILTER_SCAN_LIMIT, TaskPage, WorkerInfo, check_page
 from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error, new_task_id
@@ -888,7 +889,7 @@ class RedisBroker(AbstractBroker):
         return batch
 
     def _resolve(self, batch: list[_Outcome], codes: list[int] | BaseException) -> None:
-        """Settle the futures of written outcomes: True, False (claim lost) or KeyError."""
+        """Settle the futures of written outcomes: True, False (claim lost) or TaskNotFoundError."""
         for index, outcome in enumerate(batch):
             future = outcome.future
             if future.done():
@@ -898,7 +899,7 @@ class RedisBroker(AbstractBroker):
                     codes if isinstance(codes, Exception) else BrokerError("write interrupted")
                 )
             elif int(codes[index]) < 0:
-                future.set_exception(KeyError(outcome.values[1]))
+                future.set_exception(TaskNotFoundError.for_id(outcome.values[1]))
             else:
                 future.set_result(int(codes[index]) == 1)
 
@@ -979,7 +980,7 @@ class RedisBroker(AbstractBroker):
         if code <= 0:  # the claim is gone: no need to wait for the heartbeat to find out
             self._claim_lost(task_id, claim_token or "")
         if code < 0:
-            raise KeyError(task_id)
+            raise TaskNotFoundError.for_id(task_id)
         return code == 1
 
     async def extend_lease(self, task_id: str, claim_token: str) -> bool:
@@ -1031,7 +1032,7 @@ class RedisBroker(AbstractBroker):
         if isinstance(code, bytes):
             raise redrive_refused(task_id, code.decode())
         if code < 0:
-            raise KeyError(task_id)
+            raise TaskNotFoundError.for_id(task_id)
         if status is not TaskStatus.PROCESSING:
             self._release(task_id, "")
 
@@ -1184,10 +1185,10 @@ class RedisBroker(AbstractBroker):
     async def delete_task(self, task_id: str) -> bool:
         if not could_be_task_id(task_id):  # not encodable: no task has it
             self._ensure_open()
-            raise KeyError(task_id)
+            raise TaskNotFoundError.for_id(task_id)
         code = int(await self._run_repairing("delete", [self._now_ms(), task_id]))
         if code < 0:
-            raise KeyError(task_id)
+            raise TaskNotFoundError.for_id(task_id)
         return code == 1
 
     async def count_by_status(self) -> dict[TaskStatus, int]:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from .._validation import could_be_task_id
-from ..errors import BrokerClosedError, BrokerError, StorageError
+from ..errors import BrokerClosedError, BrokerError, StorageError, TaskNotFoundError
 from ..listing import check_page
 from ..models import TERMINAL_STATUSES, Task, TaskStatus
 from ._sqlite_file import Database, Durability
@@ -499,7 +499,7 @@ class SqliteBroker(AbstractBroker):
             # The claim is gone: no need to wait for the heartbeat to find out.
             self._leases.lost(task_id, claim_token)
         if code < 0:
-            raise KeyError(task_id)
+            raise TaskNotFoundError.for_id(task_id)
         return code == 1
 
     async def extend_lease(self, task_id: str, claim_token: str) -> bool:
@@ -535,7 +535,7 @@ class SqliteBroker(AbstractBroker):
         lease_us = int(self.lease_seconds * 1_000_000)
         job = steps.set_status(self.queue, task_id, status, self._now_us(), lease_us)
         if not await self._write(job):
-            raise KeyError(task_id)
+            raise TaskNotFoundError.for_id(task_id)
         if status is TaskStatus.PENDING:
             self._notify()
         else:
@@ -644,10 +644,10 @@ class SqliteBroker(AbstractBroker):
     async def delete_task(self, task_id: str) -> bool:
         if not could_be_task_id(task_id):  # not encodable: no task has it
             self._ensure_open()
-            raise KeyError(task_id)
+            raise TaskNotFoundError.for_id(task_id)
         code = await self._write(steps.delete_task(self.queue, task_id))
         if code < 0:
-            raise KeyError(task_id)
+            raise TaskNotFoundError.for_id(task_id)
         return code == 1
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from ...errors import BrokerError
+from ...errors import BrokerError, TaskNotFoundError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -72,7 +72,8 @@ class OutcomeQueue:
             self.settle(batch, codes)
 
     def settle(self, batch: Batch, codes: list[int] | BaseException) -> None:
-        """Resolve the futures: True, False (claim lost), ``KeyError`` (unknown) or the error."""
+        """Resolve the futures: True, False (claim lost), ``TaskNotFoundError`` (unknown) or
+        the error."""
         requeued = False
         for index, (outcome, future) in enumerate(batch):
             if future.done():
@@ -81,7 +82,7 @@ class OutcomeQueue:
                 error = codes if isinstance(codes, Exception) else BrokerError("write interrupted")
                 future.set_exception(error)
             elif codes[index] < 0:
-                future.set_exception(KeyError(outcome.task_id))
+                future.set_exception(TaskNotFoundError.for_id(outcome.task_id))
             else:
                 future.set_result(codes[index] == 1)
                 if codes[index] == 1:
