@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from katana.task_queue.broker.sqlite import SqliteBroker
+from katana.task_queue.errors import StorageError
 from katana.task_queue.models import TaskStatus
 from katana.task_queue.service import TaskQueueService
 from katana.task_queue.testing._support import make_task
@@ -134,6 +137,34 @@ async def test_a_bad_task_fails_alone_in_its_batch(broker: CountingBroker) -> No
     assert await broker.get_task(not_json.id) is None
     assert await broker.get_task(no_key.id) is None
     assert (await broker.count_by_status())[TaskStatus.PENDING] == 6
+
+
+async def test_an_enqueue_meeting_a_malformed_row_fails_alone_as_a_storage_error(
+    broker: CountingBroker,
+) -> None:
+    # Given a stored task whose payload was overwritten by hand with something not JSON
+    spoiled = make_task()
+    await broker.enqueue(spoiled)
+    with contextlib.closing(sqlite3.connect(broker.path)) as raw:
+        raw.execute("UPDATE katana_tasks SET payload = '{not json' WHERE id = ?", (spoiled.id,))
+        raw.commit()
+    good = [make_task() for _ in range(4)]
+
+    # When its id is enqueued again among others
+    answers = await asyncio.gather(
+        *(broker.enqueue(t) for t in good[:2]),
+        broker.enqueue(spoiled),
+        *(broker.enqueue(t) for t in good[2:]),
+        return_exceptions=True,
+    )
+
+    # Then that call hears what is wrong, naming the file, and the others are stored
+    assert isinstance(answers[2], StorageError)
+    assert broker.path in str(answers[2])
+    assert "malformed" in str(answers[2])
+    assert [answers[n] for n in (0, 1, 3, 4)] == [None] * 4
+    for task in good:
+        assert await broker.get_task(task.id) is not None
 
 
 async def test_thousands_of_concurrent_add_task_calls_all_succeed_and_are_stored(

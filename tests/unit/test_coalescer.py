@@ -1,4 +1,4 @@
-"""The Coalescer behind RedisBroker's enqueue: shared round trips, one answer per caller."""
+"""The Coalescer behind the Redis and SQLite enqueues: shared round trips, one answer per caller."""
 
 from __future__ import annotations
 

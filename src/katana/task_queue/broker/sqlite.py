@@ -8,7 +8,7 @@ Many processes: a claim carries a lease (``lease_until``) and a fresh claim toke
 of each consuming process renews its own leases and hands the expired leases of any process
 back to the queue (DEAD after ``max_deliveries``), so a killed process's tasks come back and a
 frozen one's late outcome is refused. Outcomes wait for the next claim or the next turn of the
-loop and are written with it in one transaction.
+loop and are written with it in one transaction; concurrent enqueues share one (``Coalescer``).
 
 Waking: a consumer in this process is woken at once; one in another process by a datagram
 (``_sqlite_wake``), with a slow safety look (``PRAGMA data_version``) should one be lost.
