@@ -396,12 +396,13 @@ def _sockets(db: Path) -> list[str]:
 
 
 async def test_a_write_that_ends_after_close_leaves_no_socket_open(db: Path) -> None:
-    # Given an enqueue held up in the broker's thread
+    # Given a write that wakes consumers (a resume) held up in the broker's thread; not an
+    # enqueue: close() waits for the enqueues already made
     broker = SqliteBroker(db)
     await broker.connect()
     gate = threading.Event()
     broker._executor.submit(gate.wait)
-    adding = asyncio.create_task(broker.enqueue(make_task()))
+    adding = asyncio.create_task(broker.set_paused(False))
 
     # When the broker closes meanwhile, and only then the enqueue ends
     closing = asyncio.create_task(broker.close())

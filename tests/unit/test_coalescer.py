@@ -1,4 +1,4 @@
-"""The Coalescer behind RedisBroker's enqueue: shared round trips, one answer per caller."""
+"""The Coalescer behind the Redis and SQLite enqueues: shared round trips, one answer per caller."""
 
 from __future__ import annotations
 
@@ -97,6 +97,30 @@ async def test_wait_sent_waits_for_the_requests_still_waiting() -> None:
     permits.release()
     async with asyncio.timeout(5):
         await waiting
+    assert await second == "answer:r1"
+
+
+async def test_wait_sent_waits_for_a_lone_round_trip_and_the_requests_behind_it() -> None:
+    # Given r0 in flight in its caller's own task, and r1 waiting behind it
+    link = Link()
+    coalescer: Coalescer[str, str] = Coalescer(link.send, max_batch=10)
+    first = asyncio.create_task(coalescer.submit("r0"))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(coalescer.submit("r1"))
+    await asyncio.sleep(0)
+
+    # When close() waits for what was sent
+    waiting = asyncio.create_task(coalescer.wait_sent())
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+    # Then it waits until both are answered
+    assert not waiting.done()
+    link.gate.set()
+    async with asyncio.timeout(5):
+        await waiting
+    assert first.done()
+    assert second.done()
     assert await second == "answer:r1"
 
 

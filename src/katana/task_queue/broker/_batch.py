@@ -35,11 +35,13 @@ class Coalescer(Generic[_In, _Out]):
         self._max_batch = max_batch
         self._waiting: deque[tuple[_In, asyncio.Future[_Out]]] = deque()
         self._busy = False
+        self._idle = asyncio.Event()  # set while nothing is in flight (not busy)
+        self._idle.set()
         self._drainer: asyncio.Task[None] | None = None
 
     async def submit(self, request: _In) -> _Out:
         if not self._busy:
-            self._busy = True
+            self._set_busy(True)
             try:
                 (answer,) = await self._send([request])
             finally:
@@ -50,16 +52,23 @@ class Coalescer(Generic[_In, _Out]):
         return await future
 
     async def wait_sent(self) -> None:
-        """Wait until every request made so far was answered (``close()`` calls it)."""
-        while self._drainer is not None:
-            await asyncio.wait([self._drainer])  # its failures went to the callers already
+        """Wait until every request made so far was answered (``close()`` calls it), those
+        waiting behind a round trip made in a caller's own task included."""
+        await self._idle.wait()  # failures went to the callers already
+
+    def _set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        if busy:
+            self._idle.clear()
+        else:
+            self._idle.set()
 
     def _pass_on(self) -> None:
         """The round trip in flight ended: the requests that came meanwhile go next."""
         if self._waiting:
             self._drainer = asyncio.create_task(self._drain(), name="katana-coalesced-send")
         else:
-            self._busy = False
+            self._set_busy(False)
 
     async def _drain(self) -> None:
         batch: list[tuple[_In, asyncio.Future[_Out]]] = []
@@ -88,7 +97,7 @@ class Coalescer(Generic[_In, _Out]):
             raise
         finally:
             self._drainer = None
-            self._busy = False
+            self._set_busy(False)
 
     def _next_batch(self) -> list[tuple[_In, asyncio.Future[_Out]]]:
         batch: list[tuple[_In, asyncio.Future[_Out]]] = []

@@ -8,7 +8,7 @@ Many processes: a claim carries a lease (``lease_until``) and a fresh claim toke
 of each consuming process renews its own leases and hands the expired leases of any process
 back to the queue (DEAD after ``max_deliveries``), so a killed process's tasks come back and a
 frozen one's late outcome is refused. Outcomes wait for the next claim or the next turn of the
-loop and are written with it in one transaction.
+loop and are written with it in one transaction; concurrent enqueues share one (``Coalescer``).
 
 Waking: a consumer in this process is woken at once; one in another process by a datagram
 (``_sqlite_wake``), with a slow safety look (``PRAGMA data_version``) should one be lost.
@@ -32,6 +32,7 @@ from .._validation import could_be_task_id
 from ..errors import BrokerClosedError, BrokerError, StorageError, TaskNotFoundError
 from ..listing import check_page
 from ..models import TERMINAL_STATUSES, Task, TaskStatus
+from ._batch import Coalescer
 from ._sqlite_file import Database, Durability
 from ._sqlite_leases import Leases
 from ._sqlite_wake import WakeSockets
@@ -39,6 +40,7 @@ from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
 from .sql import Outcome, from_us, to_us
 from .sql import _reads as reads
 from .sql import _steps as steps
+from .sql._codec import MalformedRowError
 from .sql._outcomes import Batch, OutcomeQueue
 
 if TYPE_CHECKING:
@@ -61,6 +63,8 @@ _PROBE = b"p"  # "are you there?": a socket that refuses it belongs to a dead pr
 _FINISH_LOOK_FIRST_SECONDS = 0.01
 _FINISH_LOOK_MAX_SECONDS = 0.5
 _BACKOFF_SECONDS = 0.5
+#: The most enqueue calls one transaction carries.
+_ENQUEUE_BATCH = 500
 
 
 class SqliteBroker(AbstractBroker):
@@ -148,6 +152,10 @@ class SqliteBroker(AbstractBroker):
         # The claims this broker holds (id -> claim token), which its heartbeat renews.
         self._held = self._leases.held
         self._outcomes = OutcomeQueue(self._write_outcomes, self._notify, self._changed)
+        # Concurrent enqueue calls share a transaction (one commit, one fsync): (task, unique).
+        self._enqueues: Coalescer[tuple[Task, bool], Task | Exception | None] = Coalescer(
+            self._enqueue_batch, max_batch=_ENQUEUE_BATCH
+        )
         # Task id -> futures of wait_finished calls, woken when this process changes it.
         self._finish_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._wake = asyncio.Event()
@@ -221,6 +229,7 @@ class SqliteBroker(AbstractBroker):
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(BrokerClosedError(f"{self!r} closed while waiting"))
+        await self._enqueues.wait_sent()  # enqueues already accepted are answered first
         with contextlib.suppress(BrokerError):
             await self._outcomes.flush()  # tasks handed back included
         self._closed = True
@@ -234,20 +243,32 @@ class SqliteBroker(AbstractBroker):
     # -- writing -------------------------------------------------------------------------
 
     async def enqueue(self, task: Task) -> Task | None:
-        stored = await self._write(steps.enqueue_one(self.queue, task))
-        if stored is None:
+        return await self._enqueue(task, unique=False)
+
+    async def _enqueue(self, task: Task, *, unique: bool) -> Task | None:
+        """Through the coalescer: committed (with the calls made meanwhile) before it returns."""
+        self._ensure_open()
+        answer = await self._enqueues.submit((task, unique))
+        if isinstance(answer, MalformedRowError):  # as a transaction of its own would say
+            raise StorageError(f"SQLite database {self.path}: {answer}") from answer
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def _enqueue_batch(
+        self, requests: list[tuple[Task, bool]]
+    ) -> list[Task | Exception | None]:
+        answers = await self._write(steps.enqueue_each(self.queue, requests))
+        if any(answer is None for answer in answers):
             self._notify()
-        return stored
+        return answers
 
     async def enqueue_many(self, tasks: Iterable[Task]) -> None:
         await self._write(steps.enqueue(self.queue, list(tasks)))
         self._notify()
 
     async def enqueue_unique(self, task: Task) -> Task | None:
-        holder = await self._write(steps.enqueue_unique(self.queue, task))
-        if holder is None:
-            self._notify()
-        return holder
+        return await self._enqueue(task, unique=True)
 
     async def enqueue_in_slot(self, task: Task, key: str, ttl_seconds: float) -> bool:
         ttl_us = steps.slot_ttl_us(ttl_seconds)

@@ -33,6 +33,7 @@ __all__ = [
     "claim_with_outcomes",
     "delete_task",
     "enqueue",
+    "enqueue_each",
     "enqueue_in_slot",
     "enqueue_one",
     "enqueue_unique",
@@ -146,6 +147,29 @@ def enqueue_unique(queue: str, task: Task) -> Steps[Task | None]:
     if holder is None:
         yield from enqueue(queue, [task])
     return holder
+
+
+def enqueue_each(
+    queue: str, requests: Sequence[tuple[Task, bool]]
+) -> Steps[list[Task | Exception | None]]:
+    """Several ``enqueue_one`` (``enqueue_unique`` where the flag is set) in one transaction,
+    in order, so that each sees those before it; one answer each, or the exception it
+    failed with, its writes undone (a savepoint) and the others' kept."""
+    answers: list[Task | Exception | None] = []
+    for task, unique in requests:
+        yield Statement("SAVEPOINT katana_enqueue")
+        try:
+            if unique:
+                answer = yield from enqueue_unique(queue, task)
+            else:
+                answer = yield from enqueue_one(queue, task)
+        except Exception as exc:  # a task that cannot be stored fails alone
+            yield Statement("ROLLBACK TO katana_enqueue")
+            answers.append(exc)
+        else:
+            answers.append(answer)
+        yield Statement("RELEASE katana_enqueue")
+    return answers
 
 
 def claim_slot(queue: str, key: str, ttl_us: int, now_us: int) -> Steps[bool]:
