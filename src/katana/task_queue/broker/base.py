@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..listing import TaskPage, WorkerInfo
     from ..models import Task, TaskStatus
 
-__all__ = ["DEFAULT_RESULT_TTL_SECONDS", "AbstractBroker", "redrive_refused"]
+__all__ = ["DEFAULT_RESULT_TTL_SECONDS", "AbstractBroker", "failed_outcome", "redrive_refused"]
 
 #: How long finished tasks (results, failures, dead letters) are kept by default: a week.
 DEFAULT_RESULT_TTL_SECONDS = 7 * 24 * 3600.0
@@ -338,3 +338,11 @@ class AbstractBroker(ABC):
         else:
             await self.enqueue(task)
         return True
+
+
+def failed_outcome(exc: BaseException) -> asyncio.Future[bool]:
+    """An outcome future that failed already: ``complete_soon`` when nothing can be recorded
+    (a result the broker cannot encode, say), so the worker records the failure instead."""
+    future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    future.set_exception(exc)
+    return future

@@ -17,7 +17,7 @@ import orjson
 from ..errors import BrokerClosedError, TaskNotFoundError
 from ..listing import TaskPage, check_page
 from ..models import TERMINAL_STATUSES, Task, TaskStatus, attempt_error
-from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker, redrive_refused
+from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker, failed_outcome, redrive_refused
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
@@ -339,9 +339,7 @@ class InMemoryBroker(AbstractBroker):
         try:
             recorded = self._complete(task_id, result, claim_token)
         except Exception as exc:
-            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            future.set_exception(exc)
-            return future
+            return failed_outcome(exc)
         loop = asyncio.get_running_loop()
         if self._settled_loop is not loop:
             self._settled_loop = loop

@@ -84,7 +84,7 @@ from ._redis_codec import (
 )
 from ._redis_finish_watch import FinishWatch
 from ._redis_liveness import ALIVE_TTL_SECONDS, LivenessMark
-from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker, redrive_refused
+from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker, failed_outcome, redrive_refused
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -925,9 +925,7 @@ class RedisBroker(AbstractBroker):
         try:
             encoded = b"" if result is None else orjson.dumps(result)
         except TypeError as exc:  # orjson's JSONEncodeError is a TypeError
-            failed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            failed.set_exception(exc)
-            return failed
+            return failed_outcome(exc)
         return self._submit("complete", task_id, claim_token, encoded, "")
 
     async def mark_complete(

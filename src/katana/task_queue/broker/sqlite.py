@@ -36,7 +36,7 @@ from ._batch import Coalescer
 from ._sqlite_file import Database, Durability
 from ._sqlite_leases import Leases
 from ._sqlite_wake import WakeSockets
-from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker
+from .base import DEFAULT_RESULT_TTL_SECONDS, AbstractBroker, failed_outcome
 from .sql import Outcome, from_us, to_us
 from .sql import _reads as reads
 from .sql import _steps as steps
@@ -469,9 +469,7 @@ class SqliteBroker(AbstractBroker):
         try:
             encoded = None if result is None else orjson.dumps(result).decode()
         except TypeError as exc:  # orjson's JSONEncodeError is a TypeError
-            failed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            failed.set_exception(exc)
-            return failed
+            return failed_outcome(exc)
         return self._submit(Outcome("complete", task_id, claim_token, encoded))
 
     async def mark_complete(
